@@ -1,0 +1,71 @@
+//! Step 02: the PID namespace.
+//!
+//! `02-pid run [--hostname NAME] [--] COMMAND [ARGS...]` runs COMMAND with a
+//! hostname of its own, as PID 1 of its own process tree. Read `run` below
+//! top to bottom: it is the container's whole life as the host sees it,
+//! and `child` is the part inside.
+
+mod pid;
+mod process;
+mod uts;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use nix::sched::CloneFlags;
+use std::convert::Infallible;
+
+#[derive(Parser)]
+#[command(
+    name = "02-pid",
+    about = "Step 02: a command with its own hostname and process tree (UTS, PID namespaces)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run COMMAND in a new container
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Hostname inside the container [default: a random 12-digit id, like Docker's]
+    #[arg(long)]
+    hostname: Option<String>,
+    /// The command to run, and its arguments
+    #[arg(required = true, trailing_var_arg = true)]
+    command: Vec<String>,
+}
+
+fn main() {
+    let Command::Run(args) = process::parse_args::<Cli>().command;
+    std::process::exit(process::exit_status(run(args)));
+}
+
+/// The host's side: check the input, start the child, wait for it.
+fn run(args: RunArgs) -> Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("creating namespaces needs root: run it with sudo");
+    }
+    let hostname = args.hostname.unwrap_or_else(process::random_id);
+    uts::check_hostname(&hostname)?;
+
+    // clone(2) with CLONE_NEWUTS: the child starts in a fresh UTS namespace,
+    // a copy of ours that it may change without anyone else noticing.
+    // CLONE_NEWPID: it is PID 1 of a new PID namespace.
+    let flags = CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID;
+    pid::forward_signals()?;
+    let child_pid = process::spawn(flags, || child(&hostname, &args.command))?;
+    pid::forward_to(child_pid);
+
+    process::wait_for(child_pid)
+}
+
+/// The container's side: runs in the new namespaces and becomes COMMAND.
+fn child(hostname: &str, command: &[String]) -> Result<Infallible> {
+    uts::set_hostname(hostname)?;
+    process::exec(command)
+}
