@@ -1,0 +1,206 @@
+//! The leak check: what a container run may leave on the host.
+//!
+//! A snapshot before and after each test; anything new afterwards is a leak
+//! that fails the test, and is then removed so it cannot spoil the next one.
+//! Later steps add their resources here (cgroups, links, state files).
+
+use std::collections::BTreeMap;
+
+const NAMESPACES: [&str; 7] = ["pid", "mnt", "uts", "ipc", "net", "user", "cgroup"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// "mount_point fstype source" of every host mount, sorted.
+    mounts: Vec<String>,
+    /// Processes in namespaces other than ours (containers), pid -> command line.
+    contained: BTreeMap<i32, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leak {
+    Mount(String),
+    MountGone(String),
+    Process(i32, String),
+}
+
+impl std::fmt::Display for Leak {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Leak::Mount(m) => write!(f, "left mounted on the host: {m}"),
+            Leak::MountGone(m) => write!(f, "a host mount disappeared: {m}"),
+            Leak::Process(pid, cmd) => {
+                write!(f, "a contained process is still running: pid {pid} ({cmd})")
+            }
+        }
+    }
+}
+
+pub fn snapshot() -> Snapshot {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<String> = mountinfo.lines().filter_map(mount_key).collect();
+    mounts.sort();
+    Snapshot {
+        mounts,
+        contained: contained_processes(),
+    }
+}
+
+/// mountinfo: `id parent major:minor root mount_point options [optional...] - fstype source super`.
+fn mount_key(line: &str) -> Option<String> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let dash = fields.iter().position(|f| *f == "-")?;
+    Some(format!(
+        "{} {} {}",
+        fields.get(4)?,
+        fields.get(dash + 1)?,
+        fields.get(dash + 2)?
+    ))
+}
+
+/// Makes this process the "subreaper" of everything it starts: a container
+/// process whose runtime died is re-parented to us, not to the host's init,
+/// so we can tell our leftovers from the rest of the machine.
+pub fn adopt_orphans() {
+    // SAFETY: prctl(2) with plain integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+/// Our descendants that live in other namespaces than ours (containers).
+fn contained_processes() -> BTreeMap<i32, String> {
+    // Reap orphans that already died (adopt_orphans makes them our children).
+    // SAFETY: waitpid(2) with WNOHANG; called between tests, when no run is live.
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+    let ns = |pid: &str, name: &str| std::fs::read_link(format!("/proc/{pid}/ns/{name}")).ok();
+    let ours: Vec<_> = NAMESPACES.iter().map(|n| ns("self", n)).collect();
+    let mut parents = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // stat: `pid (comm) state ppid ...`; comm may contain spaces, so split after ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        parents.insert(pid, ppid.unwrap_or(0));
+    }
+    let me = std::process::id() as i32;
+    let is_ours = |mut pid: i32| {
+        while pid > 1 {
+            pid = parents.get(&pid).copied().unwrap_or(0);
+            if pid == me {
+                return true;
+            }
+        }
+        false
+    };
+    let mut found = BTreeMap::new();
+    for &pid in parents.keys() {
+        let name = pid.to_string();
+        let theirs: Vec<_> = NAMESPACES.iter().map(|n| ns(&name, n)).collect();
+        if is_ours(pid) && theirs != ours {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .trim()
+                .to_string();
+            found.insert(pid, cmdline);
+        }
+    }
+    found
+}
+
+impl Snapshot {
+    /// What is in `self` (after) but was not in `before`.
+    pub fn leaks_since(&self, before: &Snapshot) -> Vec<Leak> {
+        let mut leaks = Vec::new();
+        leaks.extend(
+            multiset_minus(&self.mounts, &before.mounts)
+                .into_iter()
+                .map(Leak::Mount),
+        );
+        leaks.extend(
+            multiset_minus(&before.mounts, &self.mounts)
+                .into_iter()
+                .map(Leak::MountGone),
+        );
+        for (pid, cmd) in &self.contained {
+            if before.contained.get(pid) != Some(cmd) {
+                leaks.push(Leak::Process(*pid, cmd.clone()));
+            }
+        }
+        leaks
+    }
+}
+
+fn multiset_minus(a: &[String], b: &[String]) -> Vec<String> {
+    let mut rest = b.to_vec();
+    let mut extra = Vec::new();
+    for item in a {
+        match rest.iter().position(|x| x == item) {
+            Some(i) => {
+                rest.swap_remove(i);
+            }
+            None => extra.push(item.clone()),
+        }
+    }
+    extra
+}
+
+/// Removes what a failed test left behind: kills leaked processes (ours, by
+/// pid) and lazily unmounts leaked mounts, deepest first.
+pub fn reclaim(leaks: &[Leak]) {
+    for leak in leaks {
+        if let Leak::Process(pid, _) = leak {
+            // SAFETY: kill(2) on a process a test of ours started.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+    }
+    let mut mounts: Vec<&str> = leaks
+        .iter()
+        .filter_map(|l| match l {
+            Leak::Mount(key) => key.split(' ').next(),
+            _ => None,
+        })
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount_point in mounts {
+        let Ok(path) = std::ffi::CString::new(mount_point) else {
+            continue;
+        };
+        // SAFETY: a plain umount2(2) call with a valid C string.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_key_reads_mountinfo() {
+        let line =
+            "36 25 0:32 / /sys/fs/cgroup/memory rw,relatime shared:5 - cgroup cgroup rw,memory";
+        assert_eq!(
+            mount_key(line).unwrap(),
+            "/sys/fs/cgroup/memory cgroup cgroup"
+        );
+    }
+
+    #[test]
+    fn leaks_are_new_or_missing_entries() {
+        let before = Snapshot {
+            mounts: vec!["/ ext4 a".into(), "/x tmpfs t".into()],
+            contained: BTreeMap::new(),
+        };
+        let mut after = before.clone();
+        after.mounts.push("/x tmpfs t".into());
+        after.mounts.retain(|m| m != "/ ext4 a");
+        after.contained.insert(7, "sleep".into());
+        let leaks = after.leaks_since(&before);
+        assert!(leaks.contains(&Leak::Mount("/x tmpfs t".into())));
+        assert!(leaks.contains(&Leak::MountGone("/ ext4 a".into())));
+        assert!(leaks.contains(&Leak::Process(7, "sleep".into())));
+        assert!(before.leaks_since(&before).is_empty());
+    }
+}

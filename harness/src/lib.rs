@@ -1,0 +1,17 @@
+//! The workshop's test harness.
+//!
+//! Tests run the real step binaries as root on the real kernel. They look from
+//! inside the container through the probe (a static binary that prints what it
+//! sees as JSON) and from outside, on the host. Every test is wrapped in a leak
+//! check: whatever a container run leaves behind fails the test.
+
+pub mod leaks;
+pub mod probe;
+pub mod run;
+pub mod suite;
+pub mod workshop;
+
+pub use probe::Probe;
+pub use run::{Outcome, Run, Running};
+pub use suite::{Check, Ctx};
+pub use workshop::{Step, Workshop};

@@ -1,0 +1,129 @@
+//! The test matrix: every step x every check that applies to it.
+//!
+//! A check names the first step that must pass it (`since`) and, rarely, the
+//! last (`until`, for a limitation that a later step removes). Step N is thus
+//! tested against every check of steps 1..N: no step may lose an isolation.
+
+use crate::{leaks, Probe, Run, Step, Workshop};
+use anyhow::Result;
+use libtest_mimic::{Arguments, Failed, Trial};
+use std::ffi::OsString;
+
+pub struct Check {
+    pub name: &'static str,
+    pub since: u8,
+    pub until: u8,
+    pub run: fn(&Ctx) -> Result<()>,
+}
+
+impl Check {
+    pub const fn new(since: u8, name: &'static str, run: fn(&Ctx) -> Result<()>) -> Check {
+        Check {
+            name,
+            since,
+            until: u8::MAX,
+            run,
+        }
+    }
+
+    /// For a limitation that a later step fixes (like `ps` in step 02).
+    pub const fn until(mut self, last: u8) -> Check {
+        self.until = last;
+        self
+    }
+}
+
+/// What a check gets: the step under test and the workshop's paths.
+#[derive(Clone)]
+pub struct Ctx {
+    pub step: Step,
+    pub workshop: Workshop,
+}
+
+impl Ctx {
+    /// From step 03 on, the container has the workshop rootfs as its root.
+    pub fn has_rootfs(&self) -> bool {
+        self.step.number >= 3
+    }
+
+    /// `BIN run` with what the step needs to find the workshop's programs.
+    pub fn run(&self) -> Run {
+        let run = Run::raw(&self.step.bin).arg("run");
+        match self.has_rootfs() {
+            true => run.arg("--rootfs").arg(&self.workshop.rootfs),
+            false => run,
+        }
+    }
+
+    /// The probe's path as the container sees it.
+    pub fn probe_path(&self) -> OsString {
+        match self.has_rootfs() {
+            true => "/bin/probe".into(),
+            false => self.workshop.probe.clone().into(),
+        }
+    }
+
+    /// `BIN run FLAGS -- probe ACTIONS`: expects exit 0, returns what it saw.
+    pub fn probe(&self, flags: &[&str], actions: &[&str]) -> Result<Probe> {
+        let outcome = self
+            .run()
+            .args(flags)
+            .cmd([self.probe_path()])
+            .args(actions)
+            .output()?;
+        outcome.expect_status(0)?;
+        Probe::parse(&outcome)
+    }
+}
+
+/// Runs `checks` against every step in the workspace, like `cargo test`.
+pub fn main(checks: Vec<Check>) -> ! {
+    let mut args = Arguments::from_args();
+    // The leak check compares the whole host before and after: one test at a time.
+    args.test_threads = Some(1);
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("The integration tests run containers and need root. Run them with:\n    cargo xtask test\n(it uses sudo), or as root: sudo -E cargo xtask test");
+        std::process::exit(1);
+    }
+    let setup = Workshop::from_env().and_then(|ws| Ok((ws.steps()?, ws)));
+    let (steps, workshop) = setup.unwrap_or_else(|err| {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    });
+    leaks::adopt_orphans();
+    let mut trials = Vec::new();
+    for step in &steps {
+        for check in checks
+            .iter()
+            .filter(|c| (c.since..=c.until).contains(&step.number))
+        {
+            let ctx = Ctx {
+                step: step.clone(),
+                workshop: workshop.clone(),
+            };
+            let run = check.run;
+            trials.push(Trial::test(
+                format!("{}::{}", step.name, check.name),
+                move || guarded(&ctx, run),
+            ));
+        }
+    }
+    libtest_mimic::run(&args, trials).exit()
+}
+
+/// Runs one check inside the leak check; leftovers fail it and are removed.
+fn guarded(ctx: &Ctx, check: fn(&Ctx) -> Result<()>) -> Result<(), Failed> {
+    let before = leaks::snapshot();
+    let result = check(ctx);
+    let leaked = leaks::snapshot().leaks_since(&before);
+    leaks::reclaim(&leaked);
+    let mut report: Vec<String> = leaked.iter().map(|l| format!("LEAK: {l}")).collect();
+    if let Err(err) = result {
+        report.insert(0, format!("{err:#}"));
+    }
+    match report.is_empty() {
+        true => Ok(()),
+        false => Err(report.join("\n").into()),
+    }
+}
