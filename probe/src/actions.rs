@@ -68,31 +68,16 @@ pub struct Outcome {
 
 impl Outcome {
     fn success(value: Value) -> Self {
-        Outcome {
-            ok: true,
-            errno: None,
-            message: None,
-            value,
-        }
+        Outcome { ok: true, errno: None, message: None, value }
     }
 
     fn failure(errno: Errno) -> Self {
-        Outcome {
-            ok: false,
-            errno: Some(errno),
-            message: None,
-            value: Value::Null,
-        }
+        Outcome { ok: false, errno: Some(errno), message: None, value: Value::Null }
     }
 
     /// A failure without an errno (e.g. invalid data).
     fn unexplained(message: impl Into<String>) -> Self {
-        Outcome {
-            ok: false,
-            errno: None,
-            message: Some(message.into()),
-            value: Value::Null,
-        }
+        Outcome { ok: false, errno: None, message: Some(message.into()), value: Value::Null }
     }
 
     fn from_io(result: io::Result<Value>) -> Self {
@@ -169,9 +154,7 @@ impl Held {
 impl Action {
     pub fn run(&self, held: &mut Held) -> Outcome {
         match &self.kind {
-            Kind::Write(path) => {
-                Outcome::from_io(fs::write(path, b"probe\n").map(|()| Value::Null))
-            }
+            Kind::Write(path) => Outcome::from_io(fs::write(path, b"probe\n").map(|()| Value::Null)),
             Kind::Read(path) => Outcome::from_io(read(path)),
             Kind::Mkdir(path) => Outcome::from_io(fs::create_dir(path).map(|()| Value::Null)),
             Kind::Remove(path) => Outcome::from_io(remove(path)),
@@ -179,22 +162,12 @@ impl Action {
             // The devices of /dev/null and /dev/loop0: creating device nodes
             // needs CAP_MKNOD in the initial user namespace.
             Kind::MknodChar(path) => Outcome::from_nix(
-                mknod(
-                    path.as_str(),
-                    SFlag::S_IFCHR,
-                    Mode::from_bits_truncate(0o666),
-                    makedev(1, 3),
-                )
-                .map(|()| Value::Null),
+                mknod(path.as_str(), SFlag::S_IFCHR, Mode::from_bits_truncate(0o666), makedev(1, 3))
+                    .map(|()| Value::Null),
             ),
             Kind::MknodBlock(path) => Outcome::from_nix(
-                mknod(
-                    path.as_str(),
-                    SFlag::S_IFBLK,
-                    Mode::from_bits_truncate(0o660),
-                    makedev(7, 0),
-                )
-                .map(|()| Value::Null),
+                mknod(path.as_str(), SFlag::S_IFBLK, Mode::from_bits_truncate(0o660), makedev(7, 0))
+                    .map(|()| Value::Null),
             ),
             Kind::MountTmpfs(path) => mount_tmpfs(path),
             Kind::AllocMib(mib) => alloc_mib(*mib),
@@ -218,9 +191,7 @@ impl Action {
 
 fn read(path: &str) -> io::Result<Value> {
     let mut data = Vec::new();
-    fs::File::open(path)?
-        .take(MAX_READ)
-        .read_to_end(&mut data)?;
+    fs::File::open(path)?.take(MAX_READ).read_to_end(&mut data)?;
     Ok(json!(String::from_utf8_lossy(&data)))
 }
 
@@ -264,14 +235,8 @@ fn mount_tmpfs(path: &str) -> Outcome {
         }
     }
     Outcome::from_nix(
-        nix::mount::mount(
-            Some("probe"),
-            path,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .map(|()| Value::Null),
+        nix::mount::mount(Some("probe"), path, Some("tmpfs"), MsFlags::empty(), None::<&str>)
+            .map(|()| Value::Null),
     )
 }
 
@@ -279,10 +244,7 @@ fn mount_tmpfs(path: &str) -> Outcome {
 /// to the cgroup (untouched pages cost nothing). Never unmapped: it stays
 /// charged until exit, and under a memory limit the kernel OOM-kills us.
 fn alloc_mib(mib: u64) -> Outcome {
-    let Some(len) = mib
-        .checked_mul(1 << 20)
-        .and_then(|len| usize::try_from(len).ok())
-    else {
+    let Some(len) = mib.checked_mul(1 << 20).and_then(|len| usize::try_from(len).ok()) else {
         return Outcome::failure(Errno::ENOMEM);
     };
     if len > 0 {
@@ -317,10 +279,7 @@ fn fork_children(count: u32, held: &mut Held) -> Outcome {
         Ok(ends) => ends,
         Err(errno) => return Outcome::failure(errno),
     };
-    let mut group = ForkGroup {
-        release: Some(release_end),
-        children: Vec::new(),
-    };
+    let mut group = ForkGroup { release: Some(release_end), children: Vec::new() };
     let mut failed = None;
     for _ in 0..count {
         // SAFETY: the probe is single-threaded; the child only makes
@@ -341,10 +300,7 @@ fn fork_children(count: u32, held: &mut Held) -> Outcome {
     held.fork_groups.push(group);
     match failed {
         None => Outcome::success(json!(forked)),
-        Some(errno) => Outcome {
-            value: json!(forked),
-            ..Outcome::failure(errno)
-        },
+        Some(errno) => Outcome { value: json!(forked), ..Outcome::failure(errno) },
     }
 }
 
@@ -398,11 +354,7 @@ fn read_line(mut stream: &TcpStream, deadline: Instant) -> io::Result<String> {
 fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {
     loop {
         let ms = remaining(deadline)?.as_millis().clamp(1, i32::MAX as u128) as i32;
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         match unsafe { libc::poll(&mut pfd, 1, ms) } {
             n if n > 0 => return Ok(()),

@@ -66,9 +66,7 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Stri
     let mut timeout = Duration::from_millis(5000);
 
     while let Some(flag) = args.next() {
-        let flag = flag
-            .into_string()
-            .map_err(|f| format!("unknown argument {f:?}"))?;
+        let flag = flag.into_string().map_err(|f| format!("unknown argument {f:?}"))?;
         if flag == "--help" || flag == "-h" {
             return Ok(Command::Help);
         }
@@ -130,10 +128,7 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Stri
             "--shm-create" => Kind::ShmCreate(number(&flag, &value)?),
             "--shm-find" => Kind::ShmFind(number(&flag, &value)?),
             "--shm-remove" => Kind::ShmRemove(number(&flag, &value)?),
-            "--listen" => Kind::Listen {
-                port: number(&flag, &value)?,
-                timeout,
-            },
+            "--listen" => Kind::Listen { port: number(&flag, &value)?, timeout },
             "--connect" => Kind::Connect {
                 addr: SocketAddr::from_str(&value).map_err(|_| {
                     format!("{flag}: expected a numeric IP:PORT or [IPv6]:PORT, got '{value}'")
@@ -142,20 +137,14 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Stri
             },
             _ => unreachable!("every flag that takes a value is handled above"),
         };
-        actions.push(Action {
-            name: flag.trim_start_matches("--").to_string(),
-            arg: value,
-            kind,
-        });
+        actions.push(Action { name: flag.trim_start_matches("--").to_string(), arg: value, kind });
     }
     Ok(Command::Run { actions, exit_code })
 }
 
 /// Parses a number value, naming the flag in the error.
 fn number<T: FromStr>(flag: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{flag}: expected a number in range, got '{value}'"))
+    value.parse().map_err(|_| format!("{flag}: expected a number in range, got '{value}'"))
 }
 
 fn main() -> ExitCode {
@@ -174,10 +163,7 @@ fn main() -> ExitCode {
     // Forked children and allocated memory must outlive the snapshot, so the
     // snapshot shows them; `held` keeps them until after it is taken.
     let mut held = actions::Held::default();
-    let results = actions
-        .iter()
-        .map(|action| action.run(&mut held).to_json(action))
-        .collect();
+    let results = actions.iter().map(|action| action.run(&mut held).to_json(action)).collect();
     let snapshot = snapshot::take(results);
     held.release();
 
@@ -205,22 +191,13 @@ mod tests {
 
     #[test]
     fn no_arguments_is_an_empty_run() {
-        assert_eq!(
-            parse(&[]),
-            Ok(Command::Run {
-                actions: vec![],
-                exit_code: 0
-            })
-        );
+        assert_eq!(parse(&[]), Ok(Command::Run { actions: vec![], exit_code: 0 }));
     }
 
     #[test]
     fn actions_keep_their_order_and_repeats() {
         let got = actions(&["--write", "/a", "--fork", "3", "--write", "/b"]);
-        let names: Vec<_> = got
-            .iter()
-            .map(|a| (a.name.as_str(), a.arg.as_str()))
-            .collect();
+        let names: Vec<_> = got.iter().map(|a| (a.name.as_str(), a.arg.as_str())).collect();
         assert_eq!(names, [("write", "/a"), ("fork", "3"), ("write", "/b")]);
         assert_eq!(got[1].kind, Kind::Fork(3));
         assert_eq!(got[2].kind, Kind::Write("/b".into()));
@@ -228,28 +205,12 @@ mod tests {
 
     #[test]
     fn timeout_applies_to_later_network_actions_only() {
-        let got = actions(&[
-            "--listen",
-            "8080",
-            "--timeout-ms",
-            "250",
-            "--connect",
-            "[::1]:80",
-        ]);
+        let got = actions(&["--listen", "8080", "--timeout-ms", "250", "--connect", "[::1]:80"]);
         assert_eq!(got.len(), 2, "--timeout-ms is not an action");
-        assert_eq!(
-            got[0].kind,
-            Kind::Listen {
-                port: 8080,
-                timeout: Duration::from_millis(5000)
-            }
-        );
+        assert_eq!(got[0].kind, Kind::Listen { port: 8080, timeout: Duration::from_millis(5000) });
         assert_eq!(
             got[1].kind,
-            Kind::Connect {
-                addr: "[::1]:80".parse().unwrap(),
-                timeout: Duration::from_millis(250)
-            }
+            Kind::Connect { addr: "[::1]:80".parse().unwrap(), timeout: Duration::from_millis(250) }
         );
     }
 
@@ -258,11 +219,7 @@ mod tests {
         assert_eq!(
             parse(&["--exit", "7", "--sleep-ms", "1"]),
             Ok(Command::Run {
-                actions: vec![Action {
-                    name: "sleep-ms".into(),
-                    arg: "1".into(),
-                    kind: Kind::SleepMs(1)
-                }],
+                actions: vec![Action { name: "sleep-ms".into(), arg: "1".into(), kind: Kind::SleepMs(1) }],
                 exit_code: 7
             })
         );
@@ -285,22 +242,13 @@ mod tests {
             (&["--fork", "-1"][..], "--fork: expected a number"),
             (&["--listen", "70000"][..], "--listen: expected a number"),
             (&["--exit", "256"][..], "--exit: expected a number"),
-            (
-                &["--timeout-ms", "1s"][..],
-                "--timeout-ms: expected a number",
-            ),
+            (&["--timeout-ms", "1s"][..], "--timeout-ms: expected a number"),
             (&["--connect", "localhost:80"][..], "numeric IP:PORT"),
             (&["--connect", "::1:80"][..], "numeric IP:PORT"),
-            (
-                &["--sleep-ms", "5", "--bogus"][..],
-                "unknown argument '--bogus'",
-            ),
+            (&["--sleep-ms", "5", "--bogus"][..], "unknown argument '--bogus'"),
         ] {
             match parse(args) {
-                Err(message) => assert!(
-                    message.contains(needle),
-                    "{args:?}: {message:?} lacks {needle:?}"
-                ),
+                Err(message) => assert!(message.contains(needle), "{args:?}: {message:?} lacks {needle:?}"),
                 Ok(cmd) => panic!("{args:?} parsed as {cmd:?}"),
             }
         }

@@ -13,17 +13,8 @@ use nix::unistd::{getcwd, getegid, geteuid, getgid, getgroups, getpid, getppid, 
 use serde_json::{json, Map, Value};
 
 /// The namespaces listed in /proc/self/ns, as the JSON keys of "ns".
-const NAMESPACES: [&str; 9] = [
-    "cgroup",
-    "ipc",
-    "mnt",
-    "net",
-    "pid",
-    "pid_for_children",
-    "time",
-    "user",
-    "uts",
-];
+const NAMESPACES: [&str; 9] =
+    ["cgroup", "ipc", "mnt", "net", "pid", "pid_for_children", "time", "user", "uts"];
 
 /// Limit and usage files, relative to /sys/fs/cgroup: cgroup v2 names first,
 /// then the v1 hierarchies. Only those that exist are reported.
@@ -91,19 +82,14 @@ pub fn take(actions: Vec<Value>) -> Value {
 
 /// The whole file as text (lossy UTF-8), or None if it can't be read.
 fn read_text(path: &str) -> Option<String> {
-    fs::read(path)
-        .ok()
-        .map(|data| String::from_utf8_lossy(&data).into_owned())
+    fs::read(path).ok().map(|data| String::from_utf8_lossy(&data).into_owned())
 }
 
 /// Sorted names in a directory; [] if unreadable.
 fn dir_names(path: &str) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(path)
         .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
+            entries.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
         })
         .unwrap_or_default();
     names.sort();
@@ -114,10 +100,7 @@ fn dir_names(path: &str) -> Vec<String> {
 /// is what `ps` lists. In a new PID namespace (with its own /proc) that is
 /// only the container's processes.
 fn proc_pids() -> Vec<u32> {
-    let mut pids: Vec<u32> = dir_names("/proc")
-        .iter()
-        .filter_map(|name| name.parse().ok())
-        .collect();
+    let mut pids: Vec<u32> = dir_names("/proc").iter().filter_map(|name| name.parse().ok()).collect();
     pids.sort_unstable();
     pids
 }
@@ -140,12 +123,7 @@ fn namespaces() -> Value {
 /// The mount table as this process sees it (its mount namespace and root).
 fn mounts() -> Vec<Value> {
     read_text("/proc/self/mountinfo")
-        .map(|text| {
-            text.lines()
-                .filter_map(parse_mountinfo_line)
-                .map(Mount::into_json)
-                .collect()
-        })
+        .map(|text| text.lines().filter_map(parse_mountinfo_line).map(Mount::into_json).collect())
         .unwrap_or_default()
 }
 
@@ -204,17 +182,7 @@ pub(crate) fn parse_mountinfo_line(line: &str) -> Option<Mount> {
     let fstype = unescape_octal(tail.next()?);
     let source = unescape_octal(tail.next()?);
     let super_options = tail.next().unwrap_or("").to_string();
-    Some(Mount {
-        id,
-        parent,
-        root,
-        mount_point,
-        options,
-        optional,
-        fstype,
-        source,
-        super_options,
-    })
+    Some(Mount { id, parent, root, mount_point, options, optional, fstype, source, super_options })
 }
 
 /// Undoes the kernel's `\ooo` escapes (space, tab, newline, backslash).
@@ -253,14 +221,12 @@ fn interfaces() -> Vec<Value> {
     };
     let mut by_name: BTreeMap<String, Interface> = BTreeMap::new();
     for entry in entries {
-        let iface = by_name
-            .entry(entry.interface_name.clone())
-            .or_insert_with(|| Interface {
-                index: 0,
-                up: false,
-                mac: None,
-                addrs: Vec::new(),
-            });
+        let iface = by_name.entry(entry.interface_name.clone()).or_insert_with(|| Interface {
+            index: 0,
+            up: false,
+            mac: None,
+            addrs: Vec::new(),
+        });
         iface.up |= entry.flags.contains(InterfaceFlags::IFF_UP);
         let Some(address) = entry.address else {
             continue;
@@ -308,10 +274,7 @@ fn interfaces() -> Vec<Value> {
 }
 
 fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// The IPv4 default route's gateway from /proc/net/route, whose addresses
@@ -321,8 +284,7 @@ pub(crate) fn default_gateway(route_table: &str) -> Option<Ipv4Addr> {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let hex = |i: usize| u32::from_str_radix(fields.get(i)?, 16).ok();
         let (destination, gateway, mask) = (hex(1)?, hex(2)?, hex(7)?);
-        (destination == 0 && mask == 0 && gateway != 0)
-            .then(|| Ipv4Addr::from(gateway.to_ne_bytes()))
+        (destination == 0 && mask == 0 && gateway != 0).then(|| Ipv4Addr::from(gateway.to_ne_bytes()))
     })
 }
 
@@ -343,11 +305,8 @@ fn cgroup() -> Value {
 
 /// The keys (first column, decimal) of /proc/sysvipc/shm, sorted.
 pub(crate) fn shm_keys(table: &str) -> Vec<i64> {
-    let mut keys: Vec<i64> = table
-        .lines()
-        .skip(1)
-        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
-        .collect();
+    let mut keys: Vec<i64> =
+        table.lines().skip(1).filter_map(|line| line.split_whitespace().next()?.parse().ok()).collect();
     keys.sort_unstable();
     keys
 }
@@ -367,10 +326,7 @@ mod tests {
     #[test]
     fn ns_link_to_inode() {
         assert_eq!(parse_ns_link("uts:[4026531838]"), Some(4026531838));
-        assert_eq!(
-            parse_ns_link("pid_for_children:[4026532201]"),
-            Some(4026532201)
-        );
+        assert_eq!(parse_ns_link("pid_for_children:[4026532201]"), Some(4026532201));
         assert_eq!(parse_ns_link("uts:[]"), None);
         assert_eq!(parse_ns_link("uts:[12"), None);
         assert_eq!(parse_ns_link("garbage"), None);
@@ -454,19 +410,13 @@ lo\t0000007F\t00000000\t0001\t0\t0\t0\t000000FF\t0\t0\t0\n";
     #[test]
     fn status_fields() {
         let status = "Name:\tprobe\nCapEff:\t000001ffffffffff\nNoNewPrivs:\t1\nSeccomp:\t2\n";
-        assert_eq!(
-            status_field(status, "CapEff").as_deref(),
-            Some("000001ffffffffff")
-        );
+        assert_eq!(status_field(status, "CapEff").as_deref(), Some("000001ffffffffff"));
         assert_eq!(status_field(status, "NoNewPrivs").as_deref(), Some("1"));
         assert_eq!(status_field(status, "CapBnd"), None);
     }
 
     #[test]
     fn mac_is_lowercase_colon_separated() {
-        assert_eq!(
-            format_mac(&[0x02, 0x42, 0xAC, 0x11, 0, 2]),
-            "02:42:ac:11:00:02"
-        );
+        assert_eq!(format_mac(&[0x02, 0x42, 0xAC, 0x11, 0, 2]), "02:42:ac:11:00:02");
     }
 }

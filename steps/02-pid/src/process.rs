@@ -45,11 +45,7 @@ pub fn parse_args<T: clap::Parser>() -> T {
         }
         // clap explains over several lines; keep its first paragraph, as one line.
         let text = err.render().to_string();
-        let words: Vec<&str> = text
-            .lines()
-            .take_while(|l| !l.is_empty())
-            .map(str::trim)
-            .collect();
+        let words: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).map(str::trim).collect();
         eprintln!("{NAME}: {} (see --help)", words.join(" "));
         std::process::exit(RUNTIME_FAILED);
     })

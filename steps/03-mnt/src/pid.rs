@@ -19,20 +19,10 @@ static RECEIVED: AtomicU32 = AtomicU32::new(0);
 /// Installs the handlers. Call it before the child exists, so that no
 /// signal can kill the runtime and leave an orphaned container behind.
 pub fn forward_signals() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(forward),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    for signal in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGALRM,
-    ] {
+    let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGALRM] {
         // SAFETY: `forward` only makes async-signal-safe calls (kill, alarm).
-        unsafe { sigaction(signal, &action) }
-            .with_context(|| format!("install a {signal} handler"))?;
+        unsafe { sigaction(signal, &action) }.with_context(|| format!("install a {signal} handler"))?;
     }
     Ok(())
 }

@@ -31,8 +31,7 @@ pub fn enter(rootfs: &Path) -> Result<()> {
     // Our copy of the mount table still shares events with the host's
     // (systemd makes / shared): without this, our /proc would appear there.
     let private = MsFlags::MS_REC | MsFlags::MS_PRIVATE;
-    mount(None::<&str>, "/", None::<&str>, private, None::<&str>)
-        .context("make the mount tree private")?;
+    mount(None::<&str>, "/", None::<&str>, private, None::<&str>).context("make the mount tree private")?;
     // pivot_root needs the new root to be a mount point: bind it onto itself.
     bind(rootfs, rootfs)?;
 
@@ -57,10 +56,7 @@ pub fn clean_env(hostname: &str) {
     for (key, _) in std::env::vars_os() {
         std::env::remove_var(key);
     }
-    std::env::set_var(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    );
+    std::env::set_var("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     std::env::set_var("HOSTNAME", hostname);
     std::env::set_var("HOME", "/root");
     if let Some(term) = term {
@@ -83,18 +79,8 @@ fn mount_dev(rootfs: &Path) -> Result<()> {
     }
     // A private devpts instance: the container's terminals are not the host's.
     let pts_options = Some("newinstance,ptmxmode=0666,mode=0620");
-    mount_fs(
-        "devpts",
-        &dev.join("pts"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        pts_options,
-    )?;
-    mount_fs(
-        "tmpfs",
-        &dev.join("shm"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
+    mount_fs("devpts", &dev.join("pts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, pts_options)?;
+    mount_fs("tmpfs", &dev.join("shm"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"))?;
     let links = [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -103,8 +89,7 @@ fn mount_dev(rootfs: &Path) -> Result<()> {
         ("stderr", "/proc/self/fd/2"),
     ];
     for (link, to) in links {
-        std::os::unix::fs::symlink(to, dev.join(link))
-            .with_context(|| format!("symlink /dev/{link}"))?;
+        std::os::unix::fs::symlink(to, dev.join(link)).with_context(|| format!("symlink /dev/{link}"))?;
     }
     Ok(())
 }
