@@ -1,0 +1,105 @@
+//! The `demo` task: run the newest step with a little script that shows, line by
+//! line, what the container sees that the host does not.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{artifacts, as_root, command_line, display_path, rootfs, shell_quote};
+
+/// What the demo shows inside the container: (from step, narration, shell command).
+/// Steps 01 and 02 run the host's programs (no rootfs yet), so they only show the
+/// basics; a later step adds its part with one line here (e.g. `(6, "...", "ip addr")`).
+#[rustfmt::skip]
+const SHOW: &[(u32, &str, &str)] = &[
+    (1, "The hostname in here: the container has its own UTS namespace", "hostname"),
+    (1, "Our PID: in a new PID namespace (step 02 on) the first process is 1", "echo \"my PID: $$\""),
+    (3, "The processes we can see: only the container's own", "ps -o pid,user,comm"),
+    (3, "The root directory: the workshop rootfs, not the host's /", "ls /"),
+    (3, "And the file that proves it", "cat /etc/workshop-release"),
+];
+
+pub fn run() -> Result<()> {
+    let steps = artifacts::build_steps()?;
+    let probe = artifacts::build_probe()?;
+    let rootfs = rootfs::prepare(&probe)?;
+    let step = steps.last().context("no steps")?;
+
+    println!();
+    println!("==> demo: step {} ({})", step.name, display_path(&step.bin));
+    let before = host_hostname()?;
+    println!("# On the host, the hostname is {before:?}.");
+    println!("# Now we start /bin/sh in a container with the hostname \"demo-container\":");
+    let args = ["run", "--hostname", "demo-container", "--", "/bin/sh", "-c"];
+    println!("$ {} {} '<the script>'", display_path(&step.bin), args.join(" "));
+    println!("# Everything below, up to \"Back on the host\", comes from inside the container.");
+    let mut cmd = Command::new(&step.bin);
+    cmd.args(args).arg(script(step.number)).env("WORKSHOP_ROOTFS", &rootfs);
+    let mut cmd = as_root(cmd)?;
+    // Not `run()`: it would print the whole script; the error still shows it all.
+    let status = cmd.status().with_context(|| format!("could not start `{}`", command_line(&cmd)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", command_line(&cmd));
+    }
+
+    let after = host_hostname()?;
+    println!();
+    if after != before {
+        bail!("the host's hostname changed from {before:?} to {after:?}: the container was not isolated");
+    }
+    println!("# Back on the host, the hostname is still {after:?}: unchanged.");
+    Ok(())
+}
+
+/// The shell script for a step: each command echoed with its narration, then run.
+fn script(step: u32) -> String {
+    let mut lines = Vec::new();
+    for (since, narration, command) in SHOW {
+        if step >= *since {
+            lines.push(format!(
+                "echo; echo {}; echo {}; {command}",
+                shell_quote(&format!("# {narration}")),
+                shell_quote(&format!("$ {command}"))
+            ));
+        }
+    }
+    lines.join("\n")
+}
+
+fn host_hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("could not read /proc/sys/kernel/hostname")?;
+    Ok(name.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn early_steps_only_show_hostname_and_pid() {
+        let script = script(2);
+        assert!(script.contains("; hostname"));
+        assert!(script.contains("echo \"my PID: $$\""));
+        assert!(!script.contains("; ps"));
+        assert!(!script.contains("workshop-release"));
+    }
+
+    #[test]
+    fn rootfs_steps_show_the_rootfs() {
+        let script = script(3);
+        assert!(script.contains("; ps -o pid,user,comm"));
+        assert!(script.contains("; ls /"));
+        assert!(script.contains("; cat /etc/workshop-release"));
+    }
+
+    #[test]
+    fn script_runs_in_a_shell() {
+        let out = Command::new("/bin/sh").args(["-c", &script(1)]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("# The hostname in here"));
+        assert!(text.contains("$ hostname"));
+        assert!(text.contains("my PID: "));
+    }
+}
