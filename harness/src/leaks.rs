@@ -39,22 +39,14 @@ pub fn snapshot() -> Snapshot {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut mounts: Vec<String> = mountinfo.lines().filter_map(mount_key).collect();
     mounts.sort();
-    Snapshot {
-        mounts,
-        contained: contained_processes(),
-    }
+    Snapshot { mounts, contained: contained_processes() }
 }
 
 /// mountinfo: `id parent major:minor root mount_point options [optional...] - fstype source super`.
 fn mount_key(line: &str) -> Option<String> {
     let fields: Vec<&str> = line.split(' ').collect();
     let dash = fields.iter().position(|f| *f == "-")?;
-    Some(format!(
-        "{} {} {}",
-        fields.get(4)?,
-        fields.get(dash + 1)?,
-        fields.get(dash + 2)?
-    ))
+    Some(format!("{} {} {}", fields.get(4)?, fields.get(dash + 1)?, fields.get(dash + 2)?))
 }
 
 /// Makes this process the "subreaper" of everything it starts: a container
@@ -79,9 +71,7 @@ fn contained_processes() -> BTreeMap<i32, String> {
         };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // stat: `pid (comm) state ppid ...`; comm may contain spaces, so split after ')'.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
         parents.insert(pid, ppid.unwrap_or(0));
     }
     let me = std::process::id() as i32;
@@ -100,10 +90,7 @@ fn contained_processes() -> BTreeMap<i32, String> {
         let theirs: Vec<_> = NAMESPACES.iter().map(|n| ns(&name, n)).collect();
         if is_ours(pid) && theirs != ours {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .trim()
-                .to_string();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_string();
             found.insert(pid, cmdline);
         }
     }
@@ -114,16 +101,8 @@ impl Snapshot {
     /// What is in `self` (after) but was not in `before`.
     pub fn leaks_since(&self, before: &Snapshot) -> Vec<Leak> {
         let mut leaks = Vec::new();
-        leaks.extend(
-            multiset_minus(&self.mounts, &before.mounts)
-                .into_iter()
-                .map(Leak::Mount),
-        );
-        leaks.extend(
-            multiset_minus(&before.mounts, &self.mounts)
-                .into_iter()
-                .map(Leak::MountGone),
-        );
+        leaks.extend(multiset_minus(&self.mounts, &before.mounts).into_iter().map(Leak::Mount));
+        leaks.extend(multiset_minus(&before.mounts, &self.mounts).into_iter().map(Leak::MountGone));
         for (pid, cmd) in &self.contained {
             if before.contained.get(pid) != Some(cmd) {
                 leaks.push(Leak::Process(*pid, cmd.clone()));
@@ -179,20 +158,14 @@ mod tests {
 
     #[test]
     fn mount_key_reads_mountinfo() {
-        let line =
-            "36 25 0:32 / /sys/fs/cgroup/memory rw,relatime shared:5 - cgroup cgroup rw,memory";
-        assert_eq!(
-            mount_key(line).unwrap(),
-            "/sys/fs/cgroup/memory cgroup cgroup"
-        );
+        let line = "36 25 0:32 / /sys/fs/cgroup/memory rw,relatime shared:5 - cgroup cgroup rw,memory";
+        assert_eq!(mount_key(line).unwrap(), "/sys/fs/cgroup/memory cgroup cgroup");
     }
 
     #[test]
     fn leaks_are_new_or_missing_entries() {
-        let before = Snapshot {
-            mounts: vec!["/ ext4 a".into(), "/x tmpfs t".into()],
-            contained: BTreeMap::new(),
-        };
+        let before =
+            Snapshot { mounts: vec!["/ ext4 a".into(), "/x tmpfs t".into()], contained: BTreeMap::new() };
         let mut after = before.clone();
         after.mounts.push("/x tmpfs t".into());
         after.mounts.retain(|m| m != "/ ext4 a");

@@ -19,60 +19,36 @@ impl Probe {
     /// The probe prints one JSON line last on stdout (a command before it may print more).
     pub fn parse(outcome: &Outcome) -> Result<Probe> {
         let line = outcome.stdout.lines().rev().find(|l| l.starts_with('{'));
-        let line = line.ok_or_else(|| {
-            anyhow!(
-                "`{}`: no probe output\n{}",
-                outcome.command,
-                outcome.transcript()
-            )
-        })?;
-        Ok(Probe(
-            serde_json::from_str(line).context("parse the probe's JSON")?,
-        ))
+        let line =
+            line.ok_or_else(|| anyhow!("`{}`: no probe output\n{}", outcome.command, outcome.transcript()))?;
+        Ok(Probe(serde_json::from_str(line).context("parse the probe's JSON")?))
     }
 
     fn field(&self, key: &str) -> Result<&Value> {
-        self.0
-            .get(key)
-            .ok_or_else(|| anyhow!("the probe's output has no {key:?}"))
+        self.0.get(key).ok_or_else(|| anyhow!("the probe's output has no {key:?}"))
     }
 
     pub fn str(&self, key: &str) -> Result<&str> {
-        self.field(key)?
-            .as_str()
-            .ok_or_else(|| anyhow!("probe: {key} is not a string"))
+        self.field(key)?.as_str().ok_or_else(|| anyhow!("probe: {key} is not a string"))
     }
 
     pub fn int(&self, key: &str) -> Result<i64> {
-        self.field(key)?
-            .as_i64()
-            .ok_or_else(|| anyhow!("probe: {key} is not a number"))
+        self.field(key)?.as_i64().ok_or_else(|| anyhow!("probe: {key} is not a number"))
     }
 
     pub fn ints(&self, key: &str) -> Result<Vec<i64>> {
-        let list = self
-            .field(key)?
-            .as_array()
-            .ok_or_else(|| anyhow!("probe: {key} is not a list"))?;
+        let list = self.field(key)?.as_array().ok_or_else(|| anyhow!("probe: {key} is not a list"))?;
         Ok(list.iter().filter_map(Value::as_i64).collect())
     }
 
     pub fn strs(&self, key: &str) -> Result<Vec<String>> {
-        let list = self
-            .field(key)?
-            .as_array()
-            .ok_or_else(|| anyhow!("probe: {key} is not a list"))?;
-        Ok(list
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect())
+        let list = self.field(key)?.as_array().ok_or_else(|| anyhow!("probe: {key} is not a list"))?;
+        Ok(list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
     }
 
     /// The inode of a namespace (`uts`, `pid`, ...), as /proc/self/ns shows it.
     pub fn ns(&self, name: &str) -> Result<u64> {
-        self.field("ns")?[name]
-            .as_u64()
-            .ok_or_else(|| anyhow!("probe: no {name} namespace"))
+        self.field("ns")?[name].as_u64().ok_or_else(|| anyhow!("probe: no {name} namespace"))
     }
 
     pub fn env(&self, key: &str) -> Option<&str> {
@@ -80,10 +56,7 @@ impl Probe {
     }
 
     pub fn mounts(&self) -> Result<Vec<Mount>> {
-        let list = self
-            .field("mounts")?
-            .as_array()
-            .ok_or_else(|| anyhow!("probe: mounts is not a list"))?;
+        let list = self.field("mounts")?.as_array().ok_or_else(|| anyhow!("probe: mounts is not a list"))?;
         let text = |m: &Value, k: &str| m[k].as_str().unwrap_or_default().to_string();
         Ok(list
             .iter()
@@ -96,24 +69,15 @@ impl Probe {
     }
 
     pub fn mount(&self, mount_point: &str) -> Result<Mount> {
-        let found = self
-            .mounts()?
-            .into_iter()
-            .rev()
-            .find(|m| m.mount_point == mount_point);
+        let found = self.mounts()?.into_iter().rev().find(|m| m.mount_point == mount_point);
         found.ok_or_else(|| anyhow!("nothing is mounted on {mount_point} inside the container"))
     }
 
     /// The result of the probe's `index`-th action.
     pub fn action(&self, index: usize) -> Result<Action<'_>> {
-        let actions = self
-            .field("actions")?
-            .as_array()
-            .ok_or_else(|| anyhow!("probe: actions is not a list"))?;
-        actions
-            .get(index)
-            .map(Action)
-            .ok_or_else(|| anyhow!("probe: no action {index}"))
+        let actions =
+            self.field("actions")?.as_array().ok_or_else(|| anyhow!("probe: actions is not a list"))?;
+        actions.get(index).map(Action).ok_or_else(|| anyhow!("probe: no action {index}"))
     }
 }
 
@@ -135,21 +99,13 @@ impl<'a> Action<'a> {
     }
 
     fn name(&self) -> String {
-        format!(
-            "{} {}",
-            self.0["action"].as_str().unwrap_or("?"),
-            self.0["arg"].as_str().unwrap_or("")
-        )
+        format!("{} {}", self.0["action"].as_str().unwrap_or("?"), self.0["arg"].as_str().unwrap_or(""))
     }
 
     /// Fails unless the action worked.
     pub fn expect_ok(&self) -> Result<&'a Value> {
         if !self.ok() {
-            bail!(
-                "inside the container, `{}` failed: {}",
-                self.name(),
-                self.0["error"]
-            );
+            bail!("inside the container, `{}` failed: {}", self.name(), self.0["error"]);
         }
         Ok(self.value())
     }
@@ -157,15 +113,8 @@ impl<'a> Action<'a> {
     /// Fails unless the action failed with `errno`.
     pub fn expect_errno(&self, errno: i32) -> Result<()> {
         if self.errno() != Some(errno.into()) {
-            let seen = if self.ok() {
-                "it worked".to_string()
-            } else {
-                self.0["error"].to_string()
-            };
-            bail!(
-                "inside the container, `{}` should fail with errno {errno}; {seen}",
-                self.name()
-            );
+            let seen = if self.ok() { "it worked".to_string() } else { self.0["error"].to_string() };
+            bail!("inside the container, `{}` should fail with errno {errno}; {seen}", self.name());
         }
         Ok(())
     }

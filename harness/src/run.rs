@@ -57,8 +57,7 @@ impl Run {
     }
 
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Run {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().into()));
+        self.args.extend(args.into_iter().map(|a| a.as_ref().into()));
         self
     }
 
@@ -89,19 +88,13 @@ impl Run {
 
     fn describe(&self) -> String {
         let words = self.wrapper.iter().chain([&self.bin]).chain(&self.args);
-        words
-            .map(|w| w.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
-            .join(" ")
+        words.map(|w| w.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
     }
 
     pub fn spawn(&self) -> Result<Running> {
         let mut words = self.wrapper.iter().chain([&self.bin]).chain(&self.args);
         let mut cmd = Command::new(words.next().unwrap());
-        cmd.args(words)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(words).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // Its own process group, so a timeout can kill the runtime and its container together.
         cmd.process_group(0);
         for name in &self.env_removed {
@@ -111,9 +104,7 @@ impl Run {
             // The not-root case: a plain unprivileged user, like `nobody`.
             cmd.uid(uid).gid(uid);
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("start {}", self.describe()))?;
+        let mut child = cmd.spawn().with_context(|| format!("start {}", self.describe()))?;
         let reader = |mut pipe: Box<dyn Read + Send>| {
             std::thread::spawn(move || {
                 let mut text = Vec::new();
@@ -121,16 +112,9 @@ impl Run {
                 String::from_utf8_lossy(&text).into_owned()
             })
         };
-        let readers = [
-            reader(Box::new(child.stdout.take().unwrap())),
-            reader(Box::new(child.stderr.take().unwrap())),
-        ];
-        Ok(Running {
-            child,
-            command: self.describe(),
-            readers,
-            deadline: Instant::now() + self.timeout,
-        })
+        let readers =
+            [reader(Box::new(child.stdout.take().unwrap())), reader(Box::new(child.stderr.take().unwrap()))];
+        Ok(Running { child, command: self.describe(), readers, deadline: Instant::now() + self.timeout })
     }
 
     pub fn output(&self) -> Result<Outcome> {
@@ -147,11 +131,7 @@ impl Running {
     pub fn signal(&self, signal: i32) -> Result<()> {
         // SAFETY: kill(2) on the pid of a child we started and have not reaped.
         if unsafe { libc::kill(self.pid(), signal) } != 0 {
-            bail!(
-                "kill {} {signal}: {}",
-                self.pid(),
-                std::io::Error::last_os_error()
-            );
+            bail!("kill {} {signal}: {}", self.pid(), std::io::Error::last_os_error());
         }
         Ok(())
     }
@@ -160,9 +140,7 @@ impl Running {
     pub fn children(&self) -> Vec<i32> {
         let path = format!("/proc/{0}/task/{0}/children", self.pid());
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        text.split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
+        text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
     }
 
     /// Waits until the runtime has started the container's first process.
@@ -174,10 +152,7 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        bail!(
-            "{}: no container process appeared within 10 s",
-            self.command
-        )
+        bail!("{}: no container process appeared within 10 s", self.command)
     }
 
     /// Whether the runtime is still running.
@@ -200,18 +175,11 @@ impl Running {
             std::thread::sleep(Duration::from_millis(5));
         };
         use std::os::unix::process::ExitStatusExt;
-        let status = status
-            .code()
-            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        let status = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
         let [out, err] = self.readers;
         let stdout = out.join().unwrap_or_default();
         let stderr = err.join().unwrap_or_default();
-        Ok(Outcome {
-            status,
-            stdout,
-            stderr,
-            command: self.command,
-        })
+        Ok(Outcome { status, stdout, stderr, command: self.command })
     }
 }
 
@@ -242,20 +210,13 @@ impl Outcome {
         }
         for word in words {
             if !lines[0].contains(word) {
-                bail!(
-                    "`{}`: expected the error to mention {word:?}\n{}",
-                    self.command,
-                    self.transcript()
-                );
+                bail!("`{}`: expected the error to mention {word:?}\n{}", self.command, self.transcript());
             }
         }
         Ok(self)
     }
 
     pub fn transcript(&self) -> String {
-        format!(
-            "--- stdout:\n{}--- stderr:\n{}---",
-            self.stdout, self.stderr
-        )
+        format!("--- stdout:\n{}--- stderr:\n{}---", self.stdout, self.stderr)
     }
 }

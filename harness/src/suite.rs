@@ -13,17 +13,14 @@ pub struct Check {
     pub name: &'static str,
     pub since: u8,
     pub until: u8,
+    /// Whether it also runs with `--userns` (from step 04 on).
+    pub with_userns: bool,
     pub run: fn(&Ctx) -> Result<()>,
 }
 
 impl Check {
     pub const fn new(since: u8, name: &'static str, run: fn(&Ctx) -> Result<()>) -> Check {
-        Check {
-            name,
-            since,
-            until: u8::MAX,
-            run,
-        }
+        Check { name, since, until: u8::MAX, with_userns: true, run }
     }
 
     /// For a limitation that a later step fixes (like `ps` in step 02).
@@ -31,13 +28,24 @@ impl Check {
         self.until = last;
         self
     }
+
+    /// For a check that sets its own flags (it runs once, without `--userns` added).
+    pub const fn plain_only(mut self) -> Check {
+        self.with_userns = false;
+        self
+    }
 }
+
+/// From step 04 on, every check also runs in a user namespace.
+const USERNS_SINCE: u8 = 4;
 
 /// What a check gets: the step under test and the workshop's paths.
 #[derive(Clone)]
 pub struct Ctx {
     pub step: Step,
     pub workshop: Workshop,
+    /// This run of the check adds `--userns` to every container.
+    pub userns: bool,
 }
 
 impl Ctx {
@@ -46,13 +54,17 @@ impl Ctx {
         self.step.number >= 3
     }
 
-    /// `BIN run` with what the step needs to find the workshop's programs.
+    /// `BIN run` with what the step needs to find the workshop's programs,
+    /// and the variant's flags.
     pub fn run(&self) -> Run {
-        let run = Run::raw(&self.step.bin).arg("run");
-        match self.has_rootfs() {
-            true => run.arg("--rootfs").arg(&self.workshop.rootfs),
-            false => run,
+        let mut run = Run::raw(&self.step.bin).arg("run");
+        if self.has_rootfs() {
+            run = run.arg("--rootfs").arg(&self.workshop.rootfs);
         }
+        if self.userns {
+            run = run.arg("--userns");
+        }
+        run
     }
 
     /// The probe's path as the container sees it.
@@ -65,12 +77,7 @@ impl Ctx {
 
     /// `BIN run FLAGS -- probe ACTIONS`: expects exit 0, returns what it saw.
     pub fn probe(&self, flags: &[&str], actions: &[&str]) -> Result<Probe> {
-        let outcome = self
-            .run()
-            .args(flags)
-            .cmd([self.probe_path()])
-            .args(actions)
-            .output()?;
+        let outcome = self.run().args(flags).cmd([self.probe_path()]).args(actions).output()?;
         outcome.expect_status(0)?;
         Probe::parse(&outcome)
     }
@@ -94,19 +101,16 @@ pub fn main(checks: Vec<Check>) -> ! {
     leaks::adopt_orphans();
     let mut trials = Vec::new();
     for step in &steps {
-        for check in checks
-            .iter()
-            .filter(|c| (c.since..=c.until).contains(&step.number))
-        {
-            let ctx = Ctx {
-                step: step.clone(),
-                workshop: workshop.clone(),
-            };
-            let run = check.run;
-            trials.push(Trial::test(
-                format!("{}::{}", step.name, check.name),
-                move || guarded(&ctx, run),
-            ));
+        for check in checks.iter().filter(|c| (c.since..=c.until).contains(&step.number)) {
+            for userns in [false, true] {
+                if userns && (step.number < USERNS_SINCE || !check.with_userns) {
+                    continue;
+                }
+                let ctx = Ctx { step: step.clone(), workshop: workshop.clone(), userns };
+                let name = format!("{}{}::{}", step.name, if userns { "+userns" } else { "" }, check.name);
+                let run = check.run;
+                trials.push(Trial::test(name, move || guarded(&ctx, run)));
+            }
         }
     }
     libtest_mimic::run(&args, trials).exit()

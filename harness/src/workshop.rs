@@ -26,8 +26,7 @@ pub struct Step {
 impl Workshop {
     pub fn from_env() -> Result<Workshop> {
         let var = |name: &str| std::env::var_os(name).map(PathBuf::from);
-        let root = var("WORKSHOP_ROOT")
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+        let root = var("WORKSHOP_ROOT").unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
         let root = root.canonicalize().context("the workspace root")?;
         let target = var("CARGO_TARGET_DIR").unwrap_or_else(|| root.join("target"));
         let workshop = Workshop {
@@ -57,10 +56,7 @@ impl Workshop {
             };
             let bin = self.bin_dir.join(&name);
             if !bin.exists() {
-                bail!(
-                    "{} is not built: run the tests with `cargo xtask test`",
-                    bin.display()
-                );
+                bail!("{} is not built: run the tests with `cargo xtask test`", bin.display());
             }
             steps.push(Step { number, name, bin });
         }

@@ -6,19 +6,17 @@
 mod exit;
 mod mnt;
 mod pid;
+mod user;
 mod uts;
 
 fn main() {
-    let checks = [exit::checks(), uts::checks(), pid::checks(), mnt::checks()];
+    let checks = [exit::checks(), uts::checks(), pid::checks(), mnt::checks(), user::checks()];
     harness::suite::main(checks.into_iter().flatten().collect())
 }
 
 /// The host's hostname, straight from the kernel.
 pub fn host_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim().to_string()
 }
 
 /// A fresh path in the host's /tmp for a test's own files, removed on drop.
@@ -28,9 +26,7 @@ impl TempPath {
     pub fn new(label: &str) -> TempPath {
         static COUNT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        TempPath(
-            std::env::temp_dir().join(format!("workshop-test-{}-{n}-{label}", std::process::id())),
-        )
+        TempPath(std::env::temp_dir().join(format!("workshop-test-{}-{n}-{label}", std::process::id())))
     }
 }
 

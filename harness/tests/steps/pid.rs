@@ -8,35 +8,20 @@ pub fn checks() -> Vec<Check> {
     vec![
         Check::new(2, "pid::command_is_pid_1", command_is_pid_1),
         Check::new(2, "pid::signals_are_passed_on", signals_are_passed_on),
-        Check::new(
-            2,
-            "pid::a_second_signal_kills_a_pid_1_that_ignores_it",
-            second_signal_kills,
-        ),
-        Check::new(
-            2,
-            "pid::ps_still_lies_without_a_proc_of_its_own",
-            ps_still_lies,
-        )
-        .until(2),
+        Check::new(2, "pid::a_second_signal_kills_a_pid_1_that_ignores_it", second_signal_kills),
+        Check::new(2, "pid::ps_still_lies_without_a_proc_of_its_own", ps_still_lies).until(2),
     ]
 }
 
 fn command_is_pid_1(ctx: &Ctx) -> Result<()> {
     let seen = ctx.probe(&[], &[])?;
-    ensure!(
-        seen.int("pid")? == 1,
-        "inside, the command is PID {}, not 1",
-        seen.int("pid")?
-    );
+    ensure!(seen.int("pid")? == 1, "inside, the command is PID {}, not 1", seen.int("pid")?);
     ensure!(
         seen.int("ppid")? == 0,
         "PID 1's parent is {} (outside its namespace it should read 0)",
         seen.int("ppid")?
     );
-    let host_pid_ns = std::fs::read_link("/proc/self/ns/pid")?
-        .to_string_lossy()
-        .into_owned();
+    let host_pid_ns = std::fs::read_link("/proc/self/ns/pid")?.to_string_lossy().into_owned();
     ensure!(
         !host_pid_ns.contains(&seen.ns("pid")?.to_string()),
         "the container shares the host's PID namespace"
@@ -51,11 +36,7 @@ fn wait_for_handler(running: &Running, signal: i32) -> Result<()> {
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let caught = status
-            .lines()
-            .find_map(|l| l.strip_prefix("SigCgt:"))
-            .map(str::trim)
-            .unwrap_or("0");
+        let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim).unwrap_or("0");
         if u64::from_str_radix(caught, 16).unwrap_or(0) & (1 << (signal - 1)) != 0 {
             return Ok(());
         }
@@ -65,11 +46,7 @@ fn wait_for_handler(running: &Running, signal: i32) -> Result<()> {
 }
 
 fn signals_are_passed_on(ctx: &Ctx) -> Result<()> {
-    for (signal, name) in [
-        (libc::SIGTERM, "TERM"),
-        (libc::SIGINT, "INT"),
-        (libc::SIGHUP, "HUP"),
-    ] {
+    for (signal, name) in [(libc::SIGTERM, "TERM"), (libc::SIGINT, "INT"), (libc::SIGHUP, "HUP")] {
         let script = format!("trap 'echo got {name}; exit 7' {name}; while :; do sleep 0.05; done");
         let running = ctx.run().cmd(["sh", "-c", &script]).spawn()?;
         wait_for_handler(&running, signal)?;
@@ -93,10 +70,7 @@ fn second_signal_kills(ctx: &Ctx) -> Result<()> {
     running.container_pid()?;
     running.signal(libc::SIGINT)?;
     std::thread::sleep(Duration::from_millis(300));
-    ensure!(
-        running.is_running(),
-        "PID 1 without a handler should survive the first SIGINT"
-    );
+    ensure!(running.is_running(), "PID 1 without a handler should survive the first SIGINT");
     running.signal(libc::SIGINT)?;
     running
         .wait()?

@@ -6,26 +6,14 @@ use harness::{Check, Ctx};
 
 pub fn checks() -> Vec<Check> {
     vec![
-        Check::new(
-            1,
-            "uts::hostname_is_the_containers",
-            hostname_is_the_containers,
-        ),
-        Check::new(
-            1,
-            "uts::default_hostname_is_a_fresh_id",
-            default_hostname_is_a_fresh_id,
-        ),
+        Check::new(1, "uts::hostname_is_the_containers", hostname_is_the_containers),
+        Check::new(1, "uts::default_hostname_is_a_fresh_id", default_hostname_is_a_fresh_id),
         Check::new(
             1,
             "uts::changing_it_inside_leaves_the_host_alone",
             changing_it_inside_leaves_the_host_alone,
         ),
-        Check::new(
-            1,
-            "uts::bad_hostnames_are_125_in_one_line",
-            bad_hostnames_are_125_in_one_line,
-        ),
+        Check::new(1, "uts::bad_hostnames_are_125_in_one_line", bad_hostnames_are_125_in_one_line),
     ]
 }
 
@@ -39,16 +27,10 @@ fn hostname_is_the_containers(ctx: &Ctx) -> Result<()> {
     );
     let host_uts = std::fs::read_link("/proc/self/ns/uts")?;
     ensure!(
-        !host_uts
-            .to_string_lossy()
-            .contains(&seen.ns("uts")?.to_string()),
+        !host_uts.to_string_lossy().contains(&seen.ns("uts")?.to_string()),
         "the container shares the host's UTS namespace"
     );
-    ensure!(
-        host_hostname() == host,
-        "the host's hostname changed to {:?}",
-        host_hostname()
-    );
+    ensure!(host_hostname() == host, "the host's hostname changed to {:?}", host_hostname());
     Ok(())
 }
 
@@ -56,50 +38,24 @@ fn default_hostname_is_a_fresh_id(ctx: &Ctx) -> Result<()> {
     let first = ctx.probe(&[], &[])?.str("hostname")?.to_string();
     let second = ctx.probe(&[], &[])?.str("hostname")?.to_string();
     let is_id = |h: &str| h.len() == 12 && h.bytes().all(|b| b.is_ascii_hexdigit());
-    ensure!(
-        is_id(&first) && is_id(&second),
-        "default hostnames {first:?}, {second:?} are not 12-digit ids"
-    );
-    ensure!(
-        first != second,
-        "two containers got the same default hostname {first:?}"
-    );
+    ensure!(is_id(&first) && is_id(&second), "default hostnames {first:?}, {second:?} are not 12-digit ids");
+    ensure!(first != second, "two containers got the same default hostname {first:?}");
     Ok(())
 }
 
 fn changing_it_inside_leaves_the_host_alone(ctx: &Ctx) -> Result<()> {
     let host = host_hostname();
-    ctx.run()
-        .cmd(["hostname", "renamed-inside"])
-        .output()?
-        .expect_status(0)?;
-    ensure!(
-        host_hostname() == host,
-        "the container renamed the host to {:?}",
-        host_hostname()
-    );
+    ctx.run().cmd(["hostname", "renamed-inside"]).output()?.expect_status(0)?;
+    ensure!(host_hostname() == host, "the container renamed the host to {:?}", host_hostname());
     Ok(())
 }
 
 fn bad_hostnames_are_125_in_one_line(ctx: &Ctx) -> Result<()> {
     let too_long = "x".repeat(65);
-    for name in [
-        too_long.as_str(),
-        "bad_name",
-        "-dash",
-        "dots..",
-        "spa ce",
-        "",
-    ] {
+    for name in [too_long.as_str(), "bad_name", "-dash", "dots..", "spa ce", ""] {
         // `--hostname=VALUE`, so that "-dash" is a value and not a flag.
-        let outcome = ctx
-            .run()
-            .arg(format!("--hostname={name}"))
-            .cmd(["true"])
-            .output()?;
-        outcome
-            .expect_status(125)?
-            .expect_one_error_line(&["hostname"])?;
+        let outcome = ctx.run().arg(format!("--hostname={name}")).cmd(["true"]).output()?;
+        outcome.expect_status(125)?.expect_one_error_line(&["hostname"])?;
     }
     Ok(())
 }
