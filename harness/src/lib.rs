@@ -5,6 +5,7 @@
 //! sees as JSON) and from outside, on the host. Every test is wrapped in a leak
 //! check: whatever a container run leaves behind fails the test.
 
+pub mod checks;
 pub mod leaks;
 pub mod probe;
 pub mod run;

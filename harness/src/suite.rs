@@ -85,22 +85,33 @@ impl Ctx {
 
 /// Runs `checks` against every step in the workspace, like `cargo test`.
 pub fn main(checks: Vec<Check>) -> ! {
-    let mut args = Arguments::from_args();
-    // The leak check compares the whole host before and after: one test at a time.
-    args.test_threads = Some(1);
+    let (steps, workshop) = setup(|workshop| workshop.steps());
+    run(&steps, &workshop, checks)
+}
+
+/// Checks that we are root and finds the workshop and the binaries to test;
+/// exits with the reason when it cannot.
+pub fn setup(targets: impl FnOnce(&Workshop) -> Result<Vec<Step>>) -> (Vec<Step>, Workshop) {
     // SAFETY: geteuid(2) has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("The integration tests run containers and need root. Run them with:\n    cargo xtask test\n(it uses sudo), or as root: sudo -E cargo xtask test");
         std::process::exit(1);
     }
-    let setup = Workshop::from_env().and_then(|ws| Ok((ws.steps()?, ws)));
-    let (steps, workshop) = setup.unwrap_or_else(|err| {
+    let found = Workshop::from_env().and_then(|ws| Ok((targets(&ws)?, ws)));
+    found.unwrap_or_else(|err| {
         eprintln!("error: {err:#}");
         std::process::exit(1);
-    });
+    })
+}
+
+/// Runs each check on each binary it applies to (by the binary's step number).
+pub fn run(steps: &[Step], workshop: &Workshop, checks: Vec<Check>) -> ! {
+    let mut args = Arguments::from_args();
+    // The leak check compares the whole host before and after: one test at a time.
+    args.test_threads = Some(1);
     leaks::adopt_orphans();
     let mut trials = Vec::new();
-    for step in &steps {
+    for step in steps {
         for check in checks.iter().filter(|c| (c.since..=c.until).contains(&step.number)) {
             for userns in [false, true] {
                 if userns && (step.number < USERNS_SINCE || !check.with_userns) {

@@ -1,7 +1,7 @@
 //! Exit statuses (Docker's) and input errors: the conventions every step keeps.
 
+use crate::{Check, Ctx, Run};
 use anyhow::Result;
-use harness::{Check, Ctx, Run};
 
 pub fn checks() -> Vec<Check> {
     vec![

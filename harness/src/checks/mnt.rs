@@ -1,8 +1,8 @@
 //! Step 03: the mount namespace, pivot_root and a root filesystem of its own.
 
-use crate::TempPath;
+use super::TempPath;
+use crate::{Check, Ctx, Probe, Run};
 use anyhow::{bail, ensure, Context, Result};
-use harness::{Check, Ctx, Probe, Run};
 
 pub fn checks() -> Vec<Check> {
     vec![

@@ -1,7 +1,7 @@
 //! Step 04: the user namespace makes container root harmless to the host.
 
+use crate::{Check, Ctx, Running};
 use anyhow::{bail, ensure, Context, Result};
-use harness::{Check, Ctx, Running};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 

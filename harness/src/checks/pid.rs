@@ -1,7 +1,7 @@
 //! Step 02: the PID namespace, and what being PID 1 means for signals.
 
+use crate::{Check, Ctx, Probe, Running};
 use anyhow::{ensure, Context, Result};
-use harness::{Check, Ctx, Probe, Running};
 use std::time::{Duration, Instant};
 
 pub fn checks() -> Vec<Check> {

@@ -1,8 +1,8 @@
 //! Step 01: the UTS namespace.
 
-use crate::host_hostname;
+use super::host_hostname;
+use crate::{Check, Ctx};
 use anyhow::{ensure, Result};
-use harness::{Check, Ctx};
 
 pub fn checks() -> Vec<Check> {
     vec![
