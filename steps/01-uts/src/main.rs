@@ -13,7 +13,7 @@ use nix::sched::CloneFlags;
 use std::convert::Infallible;
 
 #[derive(Parser)]
-#[command(name = "01-uts", about = "Step 01: a command with its own hostname (UTS namespace)")]
+#[command(name = "01-uts", about = "Step 01: run a command with a hostname of its own (UTS namespace)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -17,7 +17,7 @@ use std::convert::Infallible;
 #[derive(Parser)]
 #[command(
     name = "02-pid",
-    about = "Step 02: a command with its own hostname and process tree (UTS, PID namespaces)"
+    about = "Step 02: run a command with its own hostname, as PID 1 (+ PID namespace)"
 )]
 struct Cli {
     #[command(subcommand)]

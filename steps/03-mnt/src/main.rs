@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 #[derive(Parser)]
 #[command(
     name = "03-mnt",
-    about = "Step 03: a command with its own hostname, process tree and root filesystem (UTS, PID, mount namespaces)"
+    about = "Step 03: run a command in a root filesystem of its own (+ mount namespace)"
 )]
 struct Cli {
     #[command(subcommand)]

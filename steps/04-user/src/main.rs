@@ -17,13 +17,14 @@ mod uts;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use nix::sched::CloneFlags;
+use nix::unistd::Pid;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
     name = "03-mnt",
-    about = "Step 04: ... and, with --userns, a root that is nobody on the host (UTS, PID, mount, user namespaces)"
+    about = "Step 04: run a command whose root is, with --userns, nobody on the host (+ user namespace)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -89,15 +90,21 @@ fn run(args: RunArgs) -> Result<i32> {
     pid::forward_to(child_pid);
 
     // The child waits while we do what only the outside can do.
-    if let Some(mapping) = userns {
-        if let Err(err) = user::write_maps(child_pid, mapping) {
-            process::stop(child_pid);
-            return Err(err);
-        }
+    if let Err(err) = outside_setup(child_pid, userns) {
+        process::stop(child_pid);
+        return Err(err);
     }
     sync.release_child()?;
 
     process::wait_for(child_pid)
+}
+
+/// What only the host can do once the child exists.
+fn outside_setup(child_pid: Pid, userns: Option<user::Mapping>) -> Result<()> {
+    if let Some(mapping) = userns {
+        user::write_maps(child_pid, mapping)?;
+    }
+    Ok(())
 }
 
 /// The container's side: runs in the new namespaces and becomes COMMAND.
