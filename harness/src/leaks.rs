@@ -4,9 +4,15 @@
 //! that fails the test, and is then removed so it cannot spoil the next one.
 //! Later steps add their resources here (cgroups, links, state files).
 
+use crate::sandbox::links_in;
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
 
 const NAMESPACES: [&str; 7] = ["pid", "mnt", "uts", "ipc", "net", "user", "cgroup"];
+
+/// The runtimes' state directory (IPAM leases, ...); it must be empty after a run.
+pub const STATE: &str = "/run/workshop";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -14,6 +20,10 @@ pub struct Snapshot {
     mounts: Vec<String>,
     /// Processes in namespaces other than ours (containers), pid -> command line.
     contained: BTreeMap<i32, String>,
+    /// Network interfaces, "host NAME" and "sandbox NAME".
+    links: Vec<String>,
+    /// Files under the state directory.
+    state: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +31,8 @@ pub enum Leak {
     Mount(String),
     MountGone(String),
     Process(i32, String),
+    Link(String),
+    State(String),
 }
 
 impl std::fmt::Display for Leak {
@@ -31,6 +43,8 @@ impl std::fmt::Display for Leak {
             Leak::Process(pid, cmd) => {
                 write!(f, "a contained process is still running: pid {pid} ({cmd})")
             }
+            Leak::Link(link) => write!(f, "a network interface was left: {link}"),
+            Leak::State(path) => write!(f, "a state file was left: {path}"),
         }
     }
 }
@@ -39,7 +53,24 @@ pub fn snapshot() -> Snapshot {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut mounts: Vec<String> = mountinfo.lines().filter_map(mount_key).collect();
     mounts.sort();
-    Snapshot { mounts, contained: contained_processes() }
+    let mut links: Vec<String> =
+        links_in("/proc/self/net/dev").into_iter().map(|l| format!("host {l}")).collect();
+    if let Some(sandbox) = crate::sandbox::get() {
+        links.extend(sandbox.links().into_iter().map(|l| format!("sandbox {l}")));
+    }
+    Snapshot { mounts, contained: contained_processes(), links, state: files_under(Path::new(STATE)) }
+}
+
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => files.extend(files_under(&entry.path())),
+            _ => files.push(entry.path().to_string_lossy().into_owned()),
+        }
+    }
+    files.sort();
+    files
 }
 
 /// mountinfo: `id parent major:minor root mount_point options [optional...] - fstype source super`.
@@ -108,6 +139,8 @@ impl Snapshot {
                 leaks.push(Leak::Process(*pid, cmd.clone()));
             }
         }
+        leaks.extend(multiset_minus(&self.links, &before.links).into_iter().map(Leak::Link));
+        leaks.extend(multiset_minus(&self.state, &before.state).into_iter().map(Leak::State));
         leaks
     }
 }
@@ -127,12 +160,28 @@ fn multiset_minus(a: &[String], b: &[String]) -> Vec<String> {
 }
 
 /// Removes what a failed test left behind: kills leaked processes (ours, by
-/// pid) and lazily unmounts leaked mounts, deepest first.
+/// pid), deletes leaked links and state files, and lazily unmounts leaked
+/// mounts, deepest first.
 pub fn reclaim(leaks: &[Leak]) {
     for leak in leaks {
-        if let Leak::Process(pid, _) = leak {
+        match leak {
             // SAFETY: kill(2) on a process a test of ours started.
-            unsafe { libc::kill(*pid, libc::SIGKILL) };
+            Leak::Process(pid, _) => unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            },
+            Leak::Link(link) => {
+                let (place, name) = link.split_once(' ').unwrap_or(("", link));
+                let mut cmd = Command::new("ip");
+                cmd.args(["link", "del", name]);
+                // Only our kinds of interface, in the machine's own namespace.
+                if place == "sandbox" || name.starts_with("veth") || name.starts_with("workshop") {
+                    let _ = crate::run::quietly(&mut cmd, place == "sandbox");
+                }
+            }
+            Leak::State(path) => {
+                let _ = std::fs::remove_file(path);
+            }
+            _ => {}
         }
     }
     let mut mounts: Vec<&str> = leaks
@@ -164,16 +213,24 @@ mod tests {
 
     #[test]
     fn leaks_are_new_or_missing_entries() {
-        let before =
-            Snapshot { mounts: vec!["/ ext4 a".into(), "/x tmpfs t".into()], contained: BTreeMap::new() };
+        let before = Snapshot {
+            mounts: vec!["/ ext4 a".into(), "/x tmpfs t".into()],
+            contained: BTreeMap::new(),
+            links: vec!["host lo".into()],
+            state: vec![],
+        };
         let mut after = before.clone();
         after.mounts.push("/x tmpfs t".into());
         after.mounts.retain(|m| m != "/ ext4 a");
         after.contained.insert(7, "sleep".into());
+        after.links.push("sandbox veth1".into());
+        after.state.push("/run/workshop/ipam/10.77.0.2".into());
         let leaks = after.leaks_since(&before);
         assert!(leaks.contains(&Leak::Mount("/x tmpfs t".into())));
         assert!(leaks.contains(&Leak::MountGone("/ ext4 a".into())));
         assert!(leaks.contains(&Leak::Process(7, "sleep".into())));
+        assert!(leaks.contains(&Leak::Link("sandbox veth1".into())));
+        assert!(leaks.contains(&Leak::State("/run/workshop/ipam/10.77.0.2".into())));
         assert!(before.leaks_since(&before).is_empty());
     }
 }

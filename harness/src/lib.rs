@@ -9,6 +9,7 @@ pub mod checks;
 pub mod leaks;
 pub mod probe;
 pub mod run;
+pub mod sandbox;
 pub mod suite;
 pub mod workshop;
 

@@ -97,12 +97,24 @@ impl Run {
         cmd.args(words).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         // Its own process group, so a timeout can kill the runtime and its container together.
         cmd.process_group(0);
+        // Never the machine's own network: every run starts in the test sandbox.
+        crate::sandbox::inside(&mut cmd);
         for name in &self.env_removed {
             cmd.env_remove(name);
         }
         if let Some(uid) = self.uid {
-            // The not-root case: a plain unprivileged user, like `nobody`.
-            cmd.uid(uid).gid(uid);
+            // The not-root case: a plain unprivileged user, like `nobody`. Not
+            // Command::uid: std changes ids before pre_exec hooks, and joining
+            // the sandbox needs root.
+            // SAFETY: only setgroups/setgid/setuid between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let dropped = libc::setgroups(0, std::ptr::null()) == 0
+                        && libc::setgid(uid) == 0
+                        && libc::setuid(uid) == 0;
+                    dropped.then_some(()).ok_or_else(std::io::Error::last_os_error)
+                })
+            };
         }
         let mut child = cmd.spawn().with_context(|| format!("start {}", self.describe()))?;
         let reader = |mut pipe: Box<dyn Read + Send>| {
@@ -143,16 +155,25 @@ impl Running {
         text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
     }
 
-    /// Waits until the runtime has started the container's first process.
+    /// Waits until the container's first process runs COMMAND, and returns
+    /// its pid: the child in a UTS namespace of its own (the runtime's other
+    /// children, like `ip`, share the runtime's) that has exec'd (until then it
+    /// is a copy of the runtime, with the runtime's signal handlers).
     pub fn container_pid(&self) -> Result<i32> {
+        let link = |pid: i32, what: &str| std::fs::read_link(format!("/proc/{pid}/{what}")).ok();
         let until = Instant::now() + Duration::from_secs(10);
         while Instant::now() < until {
-            if let Some(&pid) = self.children().first() {
+            let (uts, exe) = (link(self.pid(), "ns/uts"), link(self.pid(), "exe"));
+            let is_container = |&child: &i32| {
+                let (child_uts, child_exe) = (link(child, "ns/uts"), link(child, "exe"));
+                child_uts.is_some() && child_uts != uts && child_exe.is_some() && child_exe != exe
+            };
+            if let Some(pid) = self.children().into_iter().find(is_container) {
                 return Ok(pid);
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(5));
         }
-        bail!("{}: no container process appeared within 10 s", self.command)
+        bail!("{}: the container did not start its command within 10 s", self.command)
     }
 
     /// Whether the runtime is still running.
@@ -219,4 +240,14 @@ impl Outcome {
     pub fn transcript(&self) -> String {
         format!("--- stdout:\n{}--- stderr:\n{}---", self.stdout, self.stderr)
     }
+}
+
+/// Runs a helper command (like `ip link del`) with no output, in the sandbox
+/// or in the machine's own namespace.
+pub fn quietly(cmd: &mut Command, in_sandbox: bool) -> std::io::Result<std::process::ExitStatus> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    if in_sandbox {
+        crate::sandbox::inside(cmd);
+    }
+    cmd.status()
 }

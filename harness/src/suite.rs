@@ -110,6 +110,10 @@ pub fn run(steps: &[Step], workshop: &Workshop, checks: Vec<Check>) -> ! {
     // The leak check compares the whole host before and after: one test at a time.
     args.test_threads = Some(1);
     leaks::adopt_orphans();
+    if let Err(err) = crate::sandbox::start() {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
     let mut trials = Vec::new();
     for step in steps {
         for check in checks.iter().filter(|c| (c.since..=c.until).contains(&step.number)) {
@@ -124,7 +128,9 @@ pub fn run(steps: &[Step], workshop: &Workshop, checks: Vec<Check>) -> ! {
             }
         }
     }
-    libtest_mimic::run(&args, trials).exit()
+    let conclusion = libtest_mimic::run(&args, trials);
+    crate::sandbox::stop();
+    conclusion.exit()
 }
 
 /// Runs one check inside the leak check; leftovers fail it and are removed.

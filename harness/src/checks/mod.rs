@@ -5,6 +5,7 @@
 
 mod exit;
 mod mnt;
+mod net;
 mod pid;
 mod user;
 mod uts;
@@ -13,7 +14,7 @@ use crate::Check;
 
 /// All checks, in the order of the book.
 pub fn all() -> Vec<Check> {
-    [exit::checks(), uts::checks(), pid::checks(), mnt::checks(), user::checks()]
+    [exit::checks(), uts::checks(), pid::checks(), mnt::checks(), user::checks(), net::checks()]
         .into_iter()
         .flatten()
         .collect()
