@@ -17,6 +17,9 @@ const SHOW: &[(u32, &str, &str)] = &[
     (3, "The processes we can see: only the container's own", "ps -o pid,user,comm"),
     (3, "The root directory: the workshop rootfs, not the host's /", "ls /"),
     (3, "And the file that proves it", "cat /etc/workshop-release"),
+    (4, "Who we are: root, in here (try --userns: still root inside, uid 100000 outside)", "id"),
+    (5, "Our network: eth0, with an address of our own on the workshop bridge", "ip addr show eth0"),
+    (5, "The bridge on the host side answers", "ping -c 1 -W 1 10.77.0.1"),
 ];
 
 pub fn run() -> Result<()> {
@@ -33,8 +36,12 @@ pub fn run() -> Result<()> {
     let args = ["run", "--hostname", "demo-container", "--", "/bin/sh", "-c"];
     println!("$ {} {} '<the script>'", display_path(&step.bin), args.join(" "));
     println!("# Everything below, up to \"Back on the host\", comes from inside the container.");
-    let mut cmd = Command::new(&step.bin);
-    cmd.args(args).arg(script(step.number)).env("WORKSHOP_ROOTFS", &rootfs);
+    // In a scratch network namespace: from step 05 the runtime makes a bridge
+    // and veths, and the demo should never touch the machine's own interfaces.
+    println!("# (The demo runs it in a scratch network namespace, so your network is untouched.)");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"]);
+    cmd.arg(&step.bin).args(args).arg(script(step.number)).env("WORKSHOP_ROOTFS", &rootfs);
     let mut cmd = as_root(cmd)?;
     // Not `run()`: it would print the whole script; the error still shows it all.
     let status = cmd.status().with_context(|| format!("could not start `{}`", command_line(&cmd)))?;
