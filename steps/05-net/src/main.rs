@@ -62,6 +62,7 @@ fn main() {
     std::process::exit(process::exit_status(run(args)));
 }
 
+// ANCHOR: run
 /// The host's side: check the input, start the child, wait for it.
 fn run(args: RunArgs) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
@@ -105,7 +106,9 @@ fn run(args: RunArgs) -> Result<i32> {
 
     process::wait_for(child_pid)
 }
+// ANCHOR_END: run
 
+// ANCHOR: outside_setup
 /// What only the host can do once the child exists.
 fn outside_setup(child_pid: Pid, userns: Option<user::Mapping>, network: &mut net::Network) -> Result<()> {
     if let Some(mapping) = userns {
@@ -113,7 +116,9 @@ fn outside_setup(child_pid: Pid, userns: Option<user::Mapping>, network: &mut ne
     }
     network.connect(child_pid)
 }
+// ANCHOR_END: outside_setup
 
+// ANCHOR: child
 /// The container's side: runs in the new namespaces and becomes COMMAND.
 fn child(
     sync: &mut sync::Sync,
@@ -131,3 +136,4 @@ fn child(
     rootfs::clean_env(hostname);
     process::exec(command)
 }
+// ANCHOR_END: child

@@ -5,6 +5,7 @@
 //! end on the bridge, the other moved into the container's namespace as
 //! `eth0`, with an address from a small IPAM whose leases are files.
 
+use crate::process;
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use nix::sched::CloneFlags;
@@ -150,7 +151,7 @@ fn lease_path(address: Ipv4Addr) -> PathBuf {
 /// Takes the lowest free address. A lease names the runtime that holds it
 /// (pid and start time), so one left by a killed runtime is taken back.
 fn lease(id: &str) -> Result<Ipv4Addr> {
-    let holder = process_identity(std::process::id()).context("read our own start time")?;
+    let holder = process::identity(std::process::id()).context("read our own start time")?;
     let live = live_leases();
     for host in 2..=254 {
         let address = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], host);
@@ -171,18 +172,11 @@ fn live_leases() -> Vec<Ipv4Addr> {
         let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
         let holder = text.trim().split_once(' ').map(|(_, holder)| holder.to_string());
         let pid = holder.as_deref().and_then(|h| h.split(' ').next()?.parse().ok());
-        if holder.is_some() && pid.and_then(process_identity) == holder {
+        if holder.is_some() && pid.and_then(process::identity) == holder {
             live.push(address);
         } else {
             let _ = std::fs::remove_file(entry.path()); // its runtime is gone
         }
     }
     live
-}
-
-/// "PID STARTTIME": a pid alone may be reused; with its start time it is unique.
-fn process_identity(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.to_string();
-    Some(format!("{pid} {start}"))
 }

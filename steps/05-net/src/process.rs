@@ -62,6 +62,7 @@ pub fn exit_status(result: Result<i32>) -> i32 {
     })
 }
 
+// ANCHOR: spawn
 /// Starts `child` in a new process with the namespaces in `flags`.
 pub fn spawn(flags: CloneFlags, mut child: impl FnMut() -> Result<Infallible>) -> Result<Pid> {
     // The child gets a copy of our memory (no CLONE_VM), so this stack is its own.
@@ -75,7 +76,9 @@ pub fn spawn(flags: CloneFlags, mut child: impl FnMut() -> Result<Infallible>) -
     let pid = unsafe { nix::sched::clone(body, &mut stack, flags, Some(Signal::SIGCHLD as i32)) };
     pid.context("clone a child in new namespaces")
 }
+// ANCHOR_END: spawn
 
+// ANCHOR: exec
 /// Replaces the child with COMMAND; returns only if that fails.
 pub fn exec(command: &[String]) -> Result<Infallible> {
     let argv = command
@@ -96,7 +99,9 @@ pub fn exec(command: &[String]) -> Result<Infallible> {
     };
     Err(ExecError { status, message }.into())
 }
+// ANCHOR_END: exec
 
+// ANCHOR: wait_for
 /// Waits for the child and returns its exit status, Docker style.
 pub fn wait_for(pid: Pid) -> Result<i32> {
     loop {
@@ -108,11 +113,21 @@ pub fn wait_for(pid: Pid) -> Result<i32> {
         }
     }
 }
+// ANCHOR_END: wait_for
 
 /// Kills a child whose setup failed, and reaps it, so nothing is left running.
 pub fn stop(pid: Pid) {
     let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
     let _ = waitpid(pid, None);
+}
+
+/// "PID STARTTIME" of a running process: a pid alone may be reused, with its
+/// start time it names one process. None when it is gone.
+pub fn identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may contain spaces: count fields after ')'.
+    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.to_string();
+    Some(format!("{pid} {start}"))
 }
 
 /// A short random id (12 hex digits, like Docker's), the default hostname.
