@@ -24,6 +24,8 @@ pub struct Snapshot {
     links: Vec<String>,
     /// Files under the state directory.
     state: Vec<String>,
+    /// The workshop's cgroups, in the v2 tree and each v1 tree.
+    cgroups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,7 @@ pub enum Leak {
     Process(i32, String),
     Link(String),
     State(String),
+    Cgroup(String),
 }
 
 impl std::fmt::Display for Leak {
@@ -45,6 +48,7 @@ impl std::fmt::Display for Leak {
             }
             Leak::Link(link) => write!(f, "a network interface was left: {link}"),
             Leak::State(path) => write!(f, "a state file was left: {path}"),
+            Leak::Cgroup(path) => write!(f, "a cgroup was left: {path}"),
         }
     }
 }
@@ -58,7 +62,30 @@ pub fn snapshot() -> Snapshot {
     if let Some(sandbox) = crate::sandbox::get() {
         links.extend(sandbox.links().into_iter().map(|l| format!("sandbox {l}")));
     }
-    Snapshot { mounts, contained: contained_processes(), links, state: files_under(Path::new(STATE)) }
+    Snapshot {
+        mounts,
+        contained: contained_processes(),
+        links,
+        state: files_under(Path::new(STATE)),
+        cgroups: workshop_cgroups(),
+    }
+}
+
+/// The runtimes' parent groups ("workshop") and the groups below them.
+fn workshop_cgroups() -> Vec<String> {
+    let mut groups = Vec::new();
+    for tree in ["", "memory", "cpu", "pids"] {
+        let parent = Path::new("/sys/fs/cgroup").join(tree).join("workshop");
+        if parent.is_dir() {
+            groups.push(parent.to_string_lossy().into_owned());
+            let children = std::fs::read_dir(&parent).into_iter().flatten().flatten();
+            groups.extend(
+                children.filter(|e| e.path().is_dir()).map(|e| e.path().to_string_lossy().into_owned()),
+            );
+        }
+    }
+    groups.sort();
+    groups
 }
 
 fn files_under(dir: &Path) -> Vec<String> {
@@ -141,6 +168,7 @@ impl Snapshot {
         }
         leaks.extend(multiset_minus(&self.links, &before.links).into_iter().map(Leak::Link));
         leaks.extend(multiset_minus(&self.state, &before.state).into_iter().map(Leak::State));
+        leaks.extend(multiset_minus(&self.cgroups, &before.cgroups).into_iter().map(Leak::Cgroup));
         leaks
     }
 }
@@ -163,6 +191,7 @@ fn multiset_minus(a: &[String], b: &[String]) -> Vec<String> {
 /// pid), deletes leaked links and state files, and lazily unmounts leaked
 /// mounts, deepest first.
 pub fn reclaim(leaks: &[Leak]) {
+    let ours: Vec<i32> = contained_processes().into_keys().collect();
     for leak in leaks {
         match leak {
             // SAFETY: kill(2) on a process a test of ours started.
@@ -178,9 +207,11 @@ pub fn reclaim(leaks: &[Leak]) {
                     let _ = crate::run::quietly(&mut cmd, place == "sandbox");
                 }
             }
-            Leak::State(path) => {
+            // Leases and records name their runtime's pid: keep a live one's.
+            Leak::State(path) if !names_a_live_process(path) => {
                 let _ = std::fs::remove_file(path);
             }
+            Leak::Cgroup(path) => remove_cgroup(Path::new(path), &ours),
             _ => {}
         }
     }
@@ -201,6 +232,33 @@ pub fn reclaim(leaks: &[Leak]) {
     }
 }
 
+fn names_a_live_process(path: &str) -> bool {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let pids = text.split_whitespace().filter_map(|w| w.parse::<u32>().ok()).filter(|&p| p > 1);
+    pids.take(2).any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Kills our processes in a leaked cgroup and removes it (a group that holds
+/// someone else's processes stays: it is not ours to remove).
+fn remove_cgroup(dir: &Path, ours: &[i32]) {
+    let children = std::fs::read_dir(dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir());
+    for child in children.collect::<Vec<_>>() {
+        remove_cgroup(&child.path(), ours);
+    }
+    for _ in 0..100 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|p| ours.contains(p))
+        {
+            // SAFETY: kill(2) on a process in a container a test of ours started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +276,7 @@ mod tests {
             contained: BTreeMap::new(),
             links: vec!["host lo".into()],
             state: vec![],
+            cgroups: vec![],
         };
         let mut after = before.clone();
         after.mounts.push("/x tmpfs t".into());
@@ -225,12 +284,14 @@ mod tests {
         after.contained.insert(7, "sleep".into());
         after.links.push("sandbox veth1".into());
         after.state.push("/run/workshop/ipam/10.77.0.2".into());
+        after.cgroups.push("/sys/fs/cgroup/workshop/abc".into());
         let leaks = after.leaks_since(&before);
         assert!(leaks.contains(&Leak::Mount("/x tmpfs t".into())));
         assert!(leaks.contains(&Leak::MountGone("/ ext4 a".into())));
         assert!(leaks.contains(&Leak::Process(7, "sleep".into())));
         assert!(leaks.contains(&Leak::Link("sandbox veth1".into())));
         assert!(leaks.contains(&Leak::State("/run/workshop/ipam/10.77.0.2".into())));
+        assert!(leaks.contains(&Leak::Cgroup("/sys/fs/cgroup/workshop/abc".into())));
         assert!(before.leaks_since(&before).is_empty());
     }
 }

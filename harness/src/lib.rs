@@ -6,6 +6,7 @@
 //! check: whatever a container run leaves behind fails the test.
 
 pub mod checks;
+pub mod exercises;
 pub mod leaks;
 pub mod probe;
 pub mod run;

@@ -37,7 +37,7 @@ impl Check {
 }
 
 /// From step 04 on, every check also runs in a user namespace.
-const USERNS_SINCE: u8 = 4;
+pub const USERNS_SINCE: u8 = 4;
 
 /// What a check gets: the step under test and the workshop's paths.
 #[derive(Clone)]
@@ -134,7 +134,8 @@ pub fn run(steps: &[Step], workshop: &Workshop, checks: Vec<Check>) -> ! {
 }
 
 /// Runs one check inside the leak check; leftovers fail it and are removed.
-fn guarded(ctx: &Ctx, check: fn(&Ctx) -> Result<()>) -> Result<(), Failed> {
+/// (The grader, `exercises::grade`, runs its tests through it too.)
+pub fn guarded(ctx: &Ctx, check: fn(&Ctx) -> Result<()>) -> Result<(), Failed> {
     let before = leaks::snapshot();
     let result = check(ctx);
     let leaked = leaks::snapshot().leaks_since(&before);

@@ -3,6 +3,7 @@
 //! A check applies from the step that introduced its feature to the last step
 //! (see `suite`). The grader runs the same checks against the learners' binaries.
 
+mod cgroup;
 mod exit;
 mod mnt;
 mod net;
@@ -14,10 +15,18 @@ use crate::Check;
 
 /// All checks, in the order of the book.
 pub fn all() -> Vec<Check> {
-    [exit::checks(), uts::checks(), pid::checks(), mnt::checks(), user::checks(), net::checks()]
-        .into_iter()
-        .flatten()
-        .collect()
+    [
+        exit::checks(),
+        uts::checks(),
+        pid::checks(),
+        mnt::checks(),
+        user::checks(),
+        net::checks(),
+        cgroup::checks(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// The host's hostname, straight from the kernel.

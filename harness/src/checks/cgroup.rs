@@ -1,0 +1,147 @@
+//! Step 06: cgroups limit memory, CPU time and processes, on v1 and v2.
+//!
+//! The host tier exercises whatever this machine has (v1 here); the VM tier
+//! (`cargo xtask vm-test`) runs these same checks on a pure cgroup v2 kernel.
+
+use crate::{Check, Ctx, Run};
+use anyhow::{ensure, Context, Result};
+use std::path::Path;
+
+pub fn checks() -> Vec<Check> {
+    vec![
+        Check::new(6, "cgroup::a_memory_hog_is_oom_killed", a_memory_hog_is_oom_killed),
+        Check::new(6, "cgroup::the_same_hog_runs_fine_without_a_limit", the_hog_runs_fine_without_a_limit),
+        Check::new(6, "cgroup::a_fork_loop_stops_at_the_pids_limit", a_fork_loop_stops_at_the_pids_limit),
+        Check::new(6, "cgroup::half_a_cpu_is_half_a_cpu", half_a_cpu_is_half_a_cpu),
+        Check::new(6, "cgroup::the_host_sees_the_limits_in_the_containers_group", host_sees_the_limits),
+        Check::new(6, "cgroup::a_killed_runtimes_group_is_cleaned_up", killed_runtimes_group_is_cleaned_up)
+            .plain_only(),
+        Check::new(6, "errors::bad_limits_are_125_in_one_line", bad_limits_are_125).plain_only(),
+    ]
+}
+
+fn a_memory_hog_is_oom_killed(ctx: &Ctx) -> Result<()> {
+    let outcome = ctx.run().args(["--memory", "32m"]).cmd(["/bin/probe", "--alloc-mib", "100"]).output()?;
+    outcome.expect_status(137)?.expect_one_error_line(&["container killed: out of memory (limit 32 MiB)"])?;
+    Ok(())
+}
+
+fn the_hog_runs_fine_without_a_limit(ctx: &Ctx) -> Result<()> {
+    ctx.probe(&[], &["--alloc-mib", "100"])?.action(0)?.expect_ok()?;
+    ctx.probe(&["--memory", "256m"], &["--alloc-mib", "100"])?.action(0)?.expect_ok()?;
+    Ok(())
+}
+
+fn a_fork_loop_stops_at_the_pids_limit(ctx: &Ctx) -> Result<()> {
+    let seen = ctx.probe(&["--pids-limit", "8"], &["--fork", "20"])?;
+    let fork = seen.action(0)?;
+    fork.expect_errno(libc::EAGAIN).context("fork should fail with EAGAIN at the pids limit")?;
+    let forked = fork.value().as_i64().unwrap_or(-1);
+    ensure!(forked == 7, "with --pids-limit 8 the probe (1) forked {forked} children, not 7");
+    let free = ctx.probe(&[], &["--fork", "20"])?;
+    ensure!(free.action(0)?.expect_ok()? == 20, "control: without a limit, 20 forks should work");
+    Ok(())
+}
+
+fn half_a_cpu_is_half_a_cpu(ctx: &Ctx) -> Result<()> {
+    // CPU time over wall time of a busy loop; generous bounds, a loaded host only lowers it.
+    let seen = ctx.probe(&["--cpus", "0.5"], &["--spin-ms", "1000"])?;
+    let spin = seen.action(0)?.expect_ok()?;
+    let (cpu, wall) = (spin["cpu_ms"].as_f64().unwrap_or(0.0), spin["wall_ms"].as_f64().unwrap_or(1.0));
+    let share = cpu / wall;
+    ensure!(
+        (0.25..=0.65).contains(&share),
+        "under --cpus 0.5 a busy loop got {share:.2} of a CPU ({cpu} ms in {wall} ms)"
+    );
+    Ok(())
+}
+
+/// The container's group in one controller's tree, from /proc/PID/cgroup
+/// (v2: "0::/workshop/ID"; v1: "N:memory:/workshop/ID").
+fn group_of(pid: i32, controller: &str) -> Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let line = text.lines().find(|line| {
+        let fields: Vec<&str> = line.splitn(3, ':').collect();
+        if v2 {
+            fields[0] == "0"
+        } else {
+            fields[1].split(',').any(|c| c == controller)
+        }
+    });
+    let path = line.and_then(|l| l.splitn(3, ':').nth(2)).context("the container is in no cgroup")?;
+    ensure!(path.starts_with("/workshop/"), "the container is in {path}, not below /workshop");
+    let tree = if v2 {
+        Path::new("/sys/fs/cgroup").to_path_buf()
+    } else {
+        Path::new("/sys/fs/cgroup").join(controller)
+    };
+    Ok(tree.join(path.trim_start_matches('/')))
+}
+
+fn read(path: std::path::PathBuf) -> Result<String> {
+    Ok(std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?.trim().to_string())
+}
+
+fn host_sees_the_limits(ctx: &Ctx) -> Result<()> {
+    let flags = ["--memory", "64m", "--cpus", "0.5", "--pids-limit", "16"];
+    let running = ctx.run().args(flags).cmd(["sleep", "30"]).spawn()?;
+    let pid = running.container_pid()?;
+    let seen = (|| -> Result<Vec<String>> {
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            let group = group_of(pid, "")?;
+            Ok(vec![
+                read(group.join("memory.max"))?,
+                read(group.join("cpu.max"))?,
+                read(group.join("pids.max"))?,
+            ])
+        } else {
+            Ok(vec![
+                read(group_of(pid, "memory")?.join("memory.limit_in_bytes"))?,
+                read(group_of(pid, "cpu")?.join("cpu.cfs_quota_us"))?
+                    + " "
+                    + &read(group_of(pid, "cpu")?.join("cpu.cfs_period_us"))?,
+                read(group_of(pid, "pids")?.join("pids.max"))?,
+            ])
+        }
+    })();
+    // SAFETY: kill(2) on the container process this check started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    running.wait()?.expect_status(137)?;
+    let seen = seen?;
+    ensure!(seen == ["67108864", "50000 100000", "16"], "the container's group holds {seen:?}");
+    Ok(())
+}
+
+fn killed_runtimes_group_is_cleaned_up(ctx: &Ctx) -> Result<()> {
+    // --net none: this check is about the group (a killed runtime's lease waits for the next run).
+    let running = ctx.run().args(["--net", "none", "--memory", "64m"]).cmd(["sleep", "30"]).spawn()?;
+    let container = running.container_pid()?;
+    let group = group_of(container, "memory")?;
+    running.signal(libc::SIGKILL)?; // the runtime, not the container: nobody cleans up
+    running.wait()?.expect_status(137)?;
+    ensure!(group.exists(), "control: the group should outlive a SIGKILLed runtime");
+    let cleanup = Run::raw(&ctx.step.bin).arg("cleanup").output()?;
+    cleanup.expect_status(0)?;
+    ensure!(!group.exists(), "`cleanup` left the killed runtime's group {}", group.display());
+    ensure!(
+        !Path::new(&format!("/proc/{container}")).exists() || is_zombie(container),
+        "`cleanup` left the container running"
+    );
+    Ok(())
+}
+
+fn is_zombie(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
+
+fn bad_limits_are_125(ctx: &Ctx) -> Result<()> {
+    let cases =
+        [("--memory", "0"), ("--memory", "12q"), ("--cpus", "-1"), ("--cpus", "abc"), ("--pids-limit", "0")];
+    for (flag, value) in cases {
+        let outcome = ctx.run().args([flag, value]).cmd(["true"]).output()?;
+        outcome.expect_status(125)?.expect_one_error_line(&[flag, value])?;
+    }
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! The graded exercises: what grades each one, and for how many points.
+//!
+//! An exercise is the runtime of step NN plus one feature, so it is graded as
+//! step NN: every check of `crate::checks` that applies to step NN must still
+//! pass (worth no points: the shipped skeleton passes them already), and the
+//! exercise's own checks, in one module per exercise here, carry the points.
+//! `grade::main` runs them all and reports them as JSON; `cargo xtask grade`
+//! shows the table.
+//!
+//! Adding exercise NN: a folder in exercises/ and one in solutions/, a module
+//! here with its checks, and one line in `all`.
+
+mod as_user;
+pub mod grade;
+mod init;
+mod ipc;
+mod read_only;
+
+use crate::{Check, Ctx, Running};
+use anyhow::{Context, Result};
+
+/// One exercise: the folder `exercises/NAME` (and `solutions/NAME`), the step
+/// it extends (NAME's number) and its graded checks.
+pub struct Exercise {
+    pub number: u8,
+    /// "01-uts": the folder's name, also the step's.
+    pub name: &'static str,
+    /// What the learner adds, in a few words.
+    pub title: &'static str,
+    pub checks: Vec<Graded>,
+}
+
+/// One of an exercise's own checks and what it is worth.
+pub struct Graded {
+    pub check: Check,
+    pub points: u32,
+}
+
+impl Graded {
+    /// A check of exercise `number`: it runs once (no `--userns` variant added;
+    /// a check that wants one runs it itself).
+    pub const fn new(number: u8, name: &'static str, points: u32, run: fn(&Ctx) -> Result<()>) -> Graded {
+        Graded { check: Check::new(number, name, run).until(number).plain_only(), points }
+    }
+}
+
+impl Exercise {
+    /// The points the exercise's checks add up to.
+    pub fn points(&self) -> u32 {
+        self.checks.iter().map(|g| g.points).sum()
+    }
+}
+
+/// Every exercise, in the order of the book.
+pub fn all() -> Vec<Exercise> {
+    vec![ipc::exercise(), init::exercise(), read_only::exercise(), as_user::exercise()]
+}
+
+/// Polls `probe` every 10 ms until it gives a value or `seconds` have passed.
+pub(crate) fn poll<T>(seconds: f64, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if std::time::Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The container's first process (its PID 1), as the host sees it. Fails at
+/// once, with what the run printed, if the runtime exits first.
+pub(crate) fn container_pid(running: &mut Running) -> Result<i32> {
+    let found = poll(10.0, || match running.children().first() {
+        Some(&pid) => Some(Some(pid)),
+        None if !running.is_running() => Some(None),
+        None => None,
+    });
+    found.flatten().context("no container process appeared within 10 s")
+}
+
+/// The error for a run that ended before its COMMAND was running.
+pub(crate) fn ended_early(running: Running) -> anyhow::Error {
+    match running.wait() {
+        Ok(outcome) => anyhow::anyhow!(
+            "`{}` ended (status {}) before COMMAND was running\n{}",
+            outcome.command,
+            outcome.status,
+            outcome.transcript()
+        ),
+        Err(err) => err,
+    }
+}
+
+/// A command line from /proc (its NULs as spaces); empty for a zombie.
+pub(crate) fn cmdline(pid: i32) -> String {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&raw).replace('\0', " ").trim().to_string()
+}
+
+/// Kills a container that a check started (its PID 1: the whole namespace
+/// goes with it) and waits for the runtime.
+pub(crate) fn kill_container(running: Running, pid1: i32) -> Result<()> {
+    // SAFETY: kill(2) on the container process this check started.
+    unsafe { libc::kill(pid1, libc::SIGKILL) };
+    running.wait()?;
+    Ok(())
+}
+
+/// A path in the workshop rootfs, as the host sees it; removed on drop, in
+/// case a container wrote it where it should not have.
+pub(crate) struct InRootfs(pub std::path::PathBuf);
+
+impl InRootfs {
+    pub fn new(ctx: &Ctx, inside: &str) -> InRootfs {
+        InRootfs(ctx.workshop.rootfs.join(inside.trim_start_matches('/')))
+    }
+}
+
+impl Drop for InRootfs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0).or_else(|_| std::fs::remove_file(&self.0));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_exercise_is_worth_points_and_is_named_after_its_step() {
+        for exercise in all() {
+            assert!(exercise.points() > 0, "{}", exercise.name);
+            assert_eq!(exercise.name[..2].parse::<u8>().ok(), Some(exercise.number), "{}", exercise.name);
+            for graded in &exercise.checks {
+                assert_eq!((graded.check.since, graded.check.until), (exercise.number, exercise.number));
+            }
+        }
+    }
+}
