@@ -5,6 +5,7 @@
 
 use crate::process;
 use anyhow::{Context, Result};
+use std::io::Write;
 use std::path::PathBuf;
 
 pub const DIR: &str = "/run/workshop/containers";
@@ -16,7 +17,14 @@ pub fn create(id: &str) -> Result<Record> {
     std::fs::create_dir_all(DIR).with_context(|| format!("mkdir {DIR}"))?;
     let me = process::identity(std::process::id()).context("read our own start time")?;
     let path = PathBuf::from(DIR).join(id);
-    std::fs::write(&path, me + "\n").with_context(|| format!("write {}", path.display()))?;
+    // create_new: two runtimes never share a record (nor a container id).
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path);
+    if file.is_err() && !is_live(id) {
+        let _ = std::fs::remove_file(&path); // a killed runtime's record
+        file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path);
+    }
+    let mut file = file.with_context(|| format!("container {id} is already running"))?;
+    writeln!(file, "{me}").with_context(|| format!("write {}", path.display()))?;
     Ok(Record(path))
 }
 

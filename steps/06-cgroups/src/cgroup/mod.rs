@@ -89,7 +89,7 @@ impl Cgroup {
     /// The memory limit, for messages: "64 MiB".
     pub fn memory_limit(&self) -> String {
         let bytes = self.limits.memory_bytes.unwrap_or(0);
-        if bytes % (1 << 20) == 0 {
+        if bytes.is_multiple_of(1 << 20) {
             format!("{} MiB", bytes >> 20)
         } else {
             format!("{bytes} bytes")
