@@ -13,6 +13,10 @@ const NAMESPACES: [&str; 7] = ["pid", "mnt", "uts", "ipc", "net", "user", "cgrou
 
 /// The runtimes' state directory (IPAM leases, ...); it must be empty after a run.
 pub const STATE: &str = "/run/workshop";
+/// What the runtimes keep on disk, one entry per container, image or volume
+/// (the per-mapping rootfs copies of --userns are a cache, not counted).
+const KEPT: [&str; 3] =
+    ["/var/lib/workshop/containers", "/var/lib/workshop/images", "/var/lib/workshop/volumes"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -66,7 +70,11 @@ pub fn snapshot() -> Snapshot {
         mounts,
         contained: contained_processes(),
         links,
-        state: files_under(Path::new(STATE)),
+        state: [
+            files_under(Path::new(STATE)),
+            KEPT.iter().flat_map(|dir| entries_of(Path::new(dir))).collect(),
+        ]
+        .concat(),
         cgroups: workshop_cgroups(),
     }
 }
@@ -86,6 +94,13 @@ fn workshop_cgroups() -> Vec<String> {
     }
     groups.sort();
     groups
+}
+
+fn entries_of(dir: &Path) -> Vec<String> {
+    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    let mut names: Vec<String> = entries.map(|e| e.path().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
 }
 
 fn files_under(dir: &Path) -> Vec<String> {
@@ -209,7 +224,7 @@ pub fn reclaim(leaks: &[Leak]) {
             }
             // Leases and records name their runtime's pid: keep a live one's.
             Leak::State(path) if !names_a_live_process(path) => {
-                let _ = std::fs::remove_file(path);
+                let _ = std::fs::remove_file(path).or_else(|_| remove_kept(Path::new(path)));
             }
             Leak::Cgroup(path) => remove_cgroup(Path::new(path), &ours),
             _ => {}
@@ -230,6 +245,15 @@ pub fn reclaim(leaks: &[Leak]) {
         // SAFETY: a plain umount2(2) call with a valid C string.
         unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
+}
+
+/// A kept container layer, image or volume: unmount what is mounted in it, then remove it.
+fn remove_kept(dir: &Path) -> std::io::Result<()> {
+    if let Ok(c) = std::ffi::CString::new(dir.join("merged").to_string_lossy().as_bytes()) {
+        // SAFETY: umount2(2) with a valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    std::fs::remove_dir_all(dir)
 }
 
 fn names_a_live_process(path: &str) -> bool {

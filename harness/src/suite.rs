@@ -38,6 +38,8 @@ impl Check {
 
 /// From step 04 on, every check also runs in a user namespace.
 pub const USERNS_SINCE: u8 = 4;
+/// From step 07 on, a container's layer is kept unless `--rm` says otherwise.
+const RM_SINCE: u8 = 7;
 
 /// What a check gets: the step under test and the workshop's paths.
 #[derive(Clone)]
@@ -54,10 +56,21 @@ impl Ctx {
         self.step.number >= 3
     }
 
+    /// `BIN run` with only what every run of this step needs: `--rm` from
+    /// step 07 on, so that checks leave no container layers behind.
+    pub fn bare(&self) -> Run {
+        let run = Run::raw(&self.step.bin).arg("run");
+        if self.step.number >= RM_SINCE {
+            run.arg("--rm")
+        } else {
+            run
+        }
+    }
+
     /// `BIN run` with what the step needs to find the workshop's programs,
     /// and the variant's flags.
     pub fn run(&self) -> Run {
-        let mut run = Run::raw(&self.step.bin).arg("run");
+        let mut run = self.bare();
         if self.has_rootfs() {
             run = run.arg("--rootfs").arg(&self.workshop.rootfs);
         }

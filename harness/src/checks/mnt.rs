@@ -47,7 +47,7 @@ fn root_is_the_rootfs(ctx: &Ctx) -> Result<()> {
 
 fn default_rootfs_is_the_workshops(ctx: &Ctx) -> Result<()> {
     // No --rootfs and no WORKSHOP_ROOTFS: the binary falls back to target/rootfs.
-    let run = Run::raw(&ctx.step.bin).args(["run", "--", "/bin/probe", "--read", "/etc/workshop-release"]);
+    let run = ctx.bare().args(["--", "/bin/probe", "--read", "/etc/workshop-release"]);
     let outcome = run.env_remove("WORKSHOP_ROOTFS").output()?;
     outcome.expect_status(0)?;
     Probe::parse(&outcome)?.action(0)?.expect_ok()?;
@@ -163,7 +163,7 @@ fn environment_is_clean(ctx: &Ctx) -> Result<()> {
 }
 
 fn bad_rootfs_is_125_in_one_line(ctx: &Ctx) -> Result<()> {
-    let run = |rootfs: &str| Run::raw(&ctx.step.bin).args(["run", "--rootfs", rootfs, "--", "true"]).output();
+    let run = |rootfs: &str| ctx.bare().args(["--rootfs", rootfs, "--", "true"]).output();
     run("/no/such/rootfs")?
         .expect_status(125)?
         .expect_one_error_line(&["/no/such/rootfs", "cargo xtask rootfs"])?;
@@ -178,8 +178,7 @@ fn symlinked_mount_point_is_refused(ctx: &Ctx) -> Result<()> {
     std::fs::create_dir_all(rootfs.0.join("bin"))?;
     std::fs::create_dir(&outside.0)?;
     std::os::unix::fs::symlink(&outside.0, rootfs.0.join("proc"))?;
-    let outcome =
-        Run::raw(&ctx.step.bin).arg("run").arg("--rootfs").arg(&rootfs.0).cmd(["/bin/sh"]).output()?;
+    let outcome = ctx.bare().arg("--rootfs").arg(&rootfs.0).cmd(["/bin/sh"]).output()?;
     outcome.expect_status(125)?.expect_one_error_line(&["/proc"])?;
     Ok(())
 }
@@ -190,8 +189,7 @@ fn dynamic_program_without_libraries(ctx: &Ctx) -> Result<()> {
     std::fs::create_dir_all(rootfs.0.join("bin"))?;
     let program = ["/usr/bin/true", "/bin/true"].into_iter().find(|p| std::path::Path::new(p).exists());
     std::fs::copy(program.context("no /bin/true on the host")?, rootfs.0.join("bin/true"))?;
-    let outcome =
-        Run::raw(&ctx.step.bin).arg("run").arg("--rootfs").arg(&rootfs.0).cmd(["/bin/true"]).output()?;
+    let outcome = ctx.bare().arg("--rootfs").arg(&rootfs.0).cmd(["/bin/true"]).output()?;
     outcome.expect_status(127)?.expect_one_error_line(&["/bin/true", "dynamic"])?;
     Ok(())
 }

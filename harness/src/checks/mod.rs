@@ -7,6 +7,7 @@ mod cgroup;
 mod exit;
 mod mnt;
 mod net;
+mod overlay;
 mod pid;
 mod user;
 mod uts;
@@ -23,6 +24,7 @@ pub fn all() -> Vec<Check> {
         user::checks(),
         net::checks(),
         cgroup::checks(),
+        overlay::checks(),
     ]
     .into_iter()
     .flatten()

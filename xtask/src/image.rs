@@ -1,0 +1,60 @@
+//! The `image` task: the example layered image of chapter 07.
+//!
+//! A base layer (the workshop rootfs plus /etc/motd) and an app layer that
+//! adds a file (/app/hello.txt), changes one of the base (/etc/workshop-release)
+//! and deletes one (/etc/motd, with an OCI whiteout `.wh.motd`), so the
+//! chapter can show all three cases. Both are plain tars, imported as the
+//! image "example" with the newest step's `image import`.
+
+use crate::{artifacts, as_root, display_path, rootfs, run as run_cmd, target_dir};
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+
+pub const NAME: &str = "example";
+
+pub fn run() -> Result<()> {
+    let steps = artifacts::build_steps()?;
+    let probe = artifacts::build_probe()?;
+    let rootfs = rootfs::prepare(&probe)?;
+    let Some(step) = steps.iter().rev().find(|s| s.number >= 7) else {
+        bail!("images need step 07 (overlay) or later");
+    };
+    let dir = target_dir().join("image");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (base, app) = (dir.join("base"), dir.join("app"));
+    std::fs::create_dir_all(&app)?;
+
+    // The base layer: the rootfs and one file the app layer will delete.
+    run_cmd(Command::new("cp").arg("-a").arg(&rootfs).arg(&base))?;
+    std::fs::write(base.join("etc/motd"), "Welcome to the workshop's example image (base layer).\n")?;
+    // The app layer: a new file, a changed file, a deleted file.
+    std::fs::create_dir_all(app.join("app"))?;
+    std::fs::create_dir_all(app.join("etc"))?;
+    std::fs::write(app.join("app/hello.txt"), "Hello from the app layer.\n")?;
+    std::fs::write(app.join("etc/workshop-release"), "workshop rootfs, as changed by the app layer\n")?;
+    std::fs::write(app.join("etc/.wh.motd"), "")?;
+    for layer in ["base", "app"] {
+        let tar = dir.join(format!("{layer}.tar"));
+        let mut cmd = Command::new("tar");
+        cmd.args(["--owner=0", "--group=0", "--numeric-owner", "-cf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(dir.join(layer));
+        run_cmd(cmd.arg("."))?;
+    }
+
+    // Replace an older example image, then import the new one (as root).
+    let mut remove = Command::new(&step.bin);
+    remove.args(["image", "rm", NAME]).stderr(std::process::Stdio::null());
+    let _ = as_root(remove)?.status();
+    let mut import = Command::new(&step.bin);
+    import.args(["image", "import", NAME]).arg(dir.join("base.tar")).arg(dir.join("app.tar"));
+    run_cmd(&mut as_root(import)?).context("import the example image")?;
+    println!(
+        "image {NAME:?}: {} and {}",
+        display_path(&dir.join("base.tar")),
+        display_path(&dir.join("app.tar"))
+    );
+    println!("try: sudo {} run --rm --image {NAME} -- sh -c 'cat /app/hello.txt /etc/workshop-release; ls /etc/motd'", display_path(&step.bin));
+    Ok(())
+}
