@@ -223,8 +223,17 @@ pub fn reclaim(leaks: &[Leak]) {
                 }
             }
             // Leases and records name their runtime's pid: keep a live one's.
-            Leak::State(path) if !names_a_live_process(path) => {
-                let _ = std::fs::remove_file(path).or_else(|_| remove_kept(Path::new(path)));
+            // Leases and records name their runtime: keep a live one's. Of what
+            // is kept on disk, only a container layer whose runtime is gone is
+            // removed; images and volumes are reported, never deleted.
+            Leak::State(path) if path.starts_with(KEPT[0]) => {
+                let id = Path::new(path).file_name().unwrap_or_default().to_string_lossy().into_owned();
+                if !names_a_live_process(&format!("{STATE}/containers/{id}")) {
+                    let _ = remove_container_layer(Path::new(path));
+                }
+            }
+            Leak::State(path) if path.starts_with(STATE) && !names_a_live_process(path) => {
+                let _ = std::fs::remove_file(path);
             }
             Leak::Cgroup(path) => remove_cgroup(Path::new(path), &ours),
             _ => {}
@@ -247,8 +256,8 @@ pub fn reclaim(leaks: &[Leak]) {
     }
 }
 
-/// A kept container layer, image or volume: unmount what is mounted in it, then remove it.
-fn remove_kept(dir: &Path) -> std::io::Result<()> {
+/// A kept container layer: unmount its root if still mounted, then remove it.
+fn remove_container_layer(dir: &Path) -> std::io::Result<()> {
     if let Ok(c) = std::ffi::CString::new(dir.join("merged").to_string_lossy().as_bytes()) {
         // SAFETY: umount2(2) with a valid C string.
         unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
@@ -265,6 +274,11 @@ fn names_a_live_process(path: &str) -> bool {
 /// Kills our processes in a leaked cgroup and removes it (a group that holds
 /// someone else's processes stays: it is not ours to remove).
 fn remove_cgroup(dir: &Path, ours: &[i32]) {
+    // A group whose container's runtime still runs is someone else's, not a leak of ours.
+    let id = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    if names_a_live_process(&format!("{STATE}/containers/{id}")) {
+        return;
+    }
     let children = std::fs::read_dir(dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir());
     for child in children.collect::<Vec<_>>() {
         remove_cgroup(&child.path(), ours);

@@ -11,6 +11,7 @@ mod overlay;
 mod pid;
 mod user;
 mod uts;
+mod volume;
 
 use crate::Check;
 
@@ -25,6 +26,7 @@ pub fn all() -> Vec<Check> {
         net::checks(),
         cgroup::checks(),
         overlay::checks(),
+        volume::checks(),
     ]
     .into_iter()
     .flatten()

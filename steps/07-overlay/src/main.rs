@@ -77,8 +77,8 @@ struct RunArgs {
     /// The directory that becomes the container's root filesystem (its only read-only layer)
     #[arg(long, env = "WORKSHOP_ROOTFS", default_value = rootfs::DEFAULT)]
     rootfs: PathBuf,
-    /// Run on this image's layers instead of --rootfs (see `image import`)
-    #[arg(long, conflicts_with = "rootfs")]
+    /// Run on this image's layers; it takes the place of --rootfs (see `image import`)
+    #[arg(long)]
     image: Option<String>,
     /// The container's name, used as its id [default: a random 12-digit id]
     #[arg(long)]
