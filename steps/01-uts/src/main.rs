@@ -13,7 +13,7 @@ use nix::sched::CloneFlags;
 use std::convert::Infallible;
 
 #[derive(Parser)]
-#[command(name = "01-uts", about = "Step 01: run a command with a hostname of its own (UTS namespace)")]
+#[command(name = env!("CARGO_BIN_NAME"), about = "Step 01: run a command with a hostname of its own (UTS namespace)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,6 +40,7 @@ fn main() {
     std::process::exit(process::exit_status(run(args)));
 }
 
+// ANCHOR: run
 /// The host's side: check the input, start the child, wait for it.
 fn run(args: RunArgs) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
@@ -55,9 +56,12 @@ fn run(args: RunArgs) -> Result<i32> {
 
     process::wait_for(child_pid)
 }
+// ANCHOR_END: run
 
+// ANCHOR: child
 /// The container's side: runs in the new namespaces and becomes COMMAND.
 fn child(hostname: &str, command: &[String]) -> Result<Infallible> {
     uts::set_hostname(hostname)?;
     process::exec(command)
 }
+// ANCHOR_END: child

@@ -16,7 +16,7 @@ use std::convert::Infallible;
 
 #[derive(Parser)]
 #[command(
-    name = "02-pid",
+    name = env!("CARGO_BIN_NAME"),
     about = "Step 02: run a command with its own hostname, as PID 1 (+ PID namespace)"
 )]
 struct Cli {
@@ -45,6 +45,7 @@ fn main() {
     std::process::exit(process::exit_status(run(args)));
 }
 
+// ANCHOR: run
 /// The host's side: check the input, start the child, wait for it.
 fn run(args: RunArgs) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
@@ -63,9 +64,12 @@ fn run(args: RunArgs) -> Result<i32> {
 
     process::wait_for(child_pid)
 }
+// ANCHOR_END: run
 
+// ANCHOR: child
 /// The container's side: runs in the new namespaces and becomes COMMAND.
 fn child(hostname: &str, command: &[String]) -> Result<Infallible> {
     uts::set_hostname(hostname)?;
     process::exec(command)
 }
+// ANCHOR_END: child

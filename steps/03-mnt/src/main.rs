@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
-    name = "03-mnt",
+    name = env!("CARGO_BIN_NAME"),
     about = "Step 03: run a command in a root filesystem of its own (+ mount namespace)"
 )]
 struct Cli {
@@ -51,6 +51,7 @@ fn main() {
     std::process::exit(process::exit_status(run(args)));
 }
 
+// ANCHOR: run
 /// The host's side: check the input, start the child, wait for it.
 fn run(args: RunArgs) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
@@ -71,7 +72,9 @@ fn run(args: RunArgs) -> Result<i32> {
 
     process::wait_for(child_pid)
 }
+// ANCHOR_END: run
 
+// ANCHOR: child
 /// The container's side: runs in the new namespaces and becomes COMMAND.
 fn child(hostname: &str, rootfs: &Path, command: &[String]) -> Result<Infallible> {
     uts::set_hostname(hostname)?;
@@ -79,3 +82,4 @@ fn child(hostname: &str, rootfs: &Path, command: &[String]) -> Result<Infallible
     rootfs::clean_env(hostname);
     process::exec(command)
 }
+// ANCHOR_END: child

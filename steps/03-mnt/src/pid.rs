@@ -16,6 +16,7 @@ const GRACE_SECONDS: u32 = 10;
 static CHILD: AtomicI32 = AtomicI32::new(0);
 static RECEIVED: AtomicU32 = AtomicU32::new(0);
 
+// ANCHOR: forward
 /// Installs the handlers. Call it before the child exists, so that no
 /// signal can kill the runtime and leave an orphaned container behind.
 pub fn forward_signals() -> Result<()> {
@@ -51,3 +52,4 @@ extern "C" fn forward(signal: libc::c_int) {
         }
     }
 }
+// ANCHOR_END: forward

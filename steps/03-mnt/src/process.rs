@@ -62,6 +62,7 @@ pub fn exit_status(result: Result<i32>) -> i32 {
     })
 }
 
+// ANCHOR: spawn
 /// Starts `child` in a new process with the namespaces in `flags`.
 pub fn spawn(flags: CloneFlags, mut child: impl FnMut() -> Result<Infallible>) -> Result<Pid> {
     // The child gets a copy of our memory (no CLONE_VM), so this stack is its own.
@@ -75,7 +76,9 @@ pub fn spawn(flags: CloneFlags, mut child: impl FnMut() -> Result<Infallible>) -
     let pid = unsafe { nix::sched::clone(body, &mut stack, flags, Some(Signal::SIGCHLD as i32)) };
     pid.context("clone a child in new namespaces")
 }
+// ANCHOR_END: spawn
 
+// ANCHOR: exec
 /// Replaces the child with COMMAND; returns only if that fails.
 pub fn exec(command: &[String]) -> Result<Infallible> {
     let argv = command
@@ -96,7 +99,9 @@ pub fn exec(command: &[String]) -> Result<Infallible> {
     };
     Err(ExecError { status, message }.into())
 }
+// ANCHOR_END: exec
 
+// ANCHOR: wait_for
 /// Waits for the child and returns its exit status, Docker style.
 pub fn wait_for(pid: Pid) -> Result<i32> {
     loop {
@@ -108,6 +113,7 @@ pub fn wait_for(pid: Pid) -> Result<i32> {
         }
     }
 }
+// ANCHOR_END: wait_for
 
 /// A short random id (12 hex digits, like Docker's), the default hostname.
 pub fn random_id() -> String {

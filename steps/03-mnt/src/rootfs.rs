@@ -26,6 +26,7 @@ pub fn check(rootfs: &Path) -> Result<PathBuf> {
     }
 }
 
+// ANCHOR: enter
 /// Child side: make `rootfs` the root of this mount namespace.
 pub fn enter(rootfs: &Path) -> Result<()> {
     // Our copy of the mount table still shares events with the host's
@@ -49,6 +50,7 @@ pub fn enter(rootfs: &Path) -> Result<()> {
     umount2(".", MntFlags::MNT_DETACH).context("detach the old root")?;
     chdir("/").context("chdir /")
 }
+// ANCHOR_END: enter
 
 /// The host's environment means nothing in the new root: start from Docker's defaults.
 pub fn clean_env(hostname: &str) {
@@ -64,6 +66,7 @@ pub fn clean_env(hostname: &str) {
     }
 }
 
+// ANCHOR: dev
 /// A minimal /dev on a tmpfs: a few devices, pseudo-terminals, shared memory.
 fn mount_dev(rootfs: &Path) -> Result<()> {
     let dev = target(rootfs, "dev")?;
@@ -93,6 +96,7 @@ fn mount_dev(rootfs: &Path) -> Result<()> {
     }
     Ok(())
 }
+// ANCHOR_END: dev
 
 /// A mount point directly below the new root. It must not be a symlink:
 /// a rootfs with `proc -> /` would otherwise mount over something else.

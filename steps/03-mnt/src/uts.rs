@@ -23,10 +23,12 @@ pub fn check_hostname(name: &str) -> Result<()> {
     Ok(())
 }
 
+// ANCHOR: set_hostname
 /// Runs in the child after clone(CLONE_NEWUTS), so only the new namespace changes.
 pub fn set_hostname(name: &str) -> Result<()> {
     nix::unistd::sethostname(name).with_context(|| format!("sethostname {name}"))
 }
+// ANCHOR_END: set_hostname
 
 #[cfg(test)]
 mod tests {

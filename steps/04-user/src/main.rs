@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
-    name = "03-mnt",
+    name = env!("CARGO_BIN_NAME"),
     about = "Step 04: run a command whose root is, with --userns, nobody on the host (+ user namespace)"
 )]
 struct Cli {
@@ -61,6 +61,7 @@ fn main() {
     std::process::exit(process::exit_status(run(args)));
 }
 
+// ANCHOR: run
 /// The host's side: check the input, start the child, wait for it.
 fn run(args: RunArgs) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
@@ -98,7 +99,9 @@ fn run(args: RunArgs) -> Result<i32> {
 
     process::wait_for(child_pid)
 }
+// ANCHOR_END: run
 
+// ANCHOR: outside_setup
 /// What only the host can do once the child exists.
 fn outside_setup(child_pid: Pid, userns: Option<user::Mapping>) -> Result<()> {
     if let Some(mapping) = userns {
@@ -106,7 +109,9 @@ fn outside_setup(child_pid: Pid, userns: Option<user::Mapping>) -> Result<()> {
     }
     Ok(())
 }
+// ANCHOR_END: outside_setup
 
+// ANCHOR: child
 /// The container's side: runs in the new namespaces and becomes COMMAND.
 fn child(
     sync: &mut sync::Sync,
@@ -124,3 +129,4 @@ fn child(
     rootfs::clean_env(hostname);
     process::exec(command)
 }
+// ANCHOR_END: child

@@ -35,6 +35,7 @@ pub fn parse_mapping(text: &str) -> Result<Mapping> {
     Ok(Mapping { start, size })
 }
 
+// ANCHOR: write_maps
 /// Parent: write the child's maps. Only possible once the child exists, and
 /// it must happen before the child goes on (it waits on the sync pipe).
 pub fn write_maps(child: Pid, mapping: Mapping) -> Result<()> {
@@ -47,7 +48,9 @@ pub fn write_maps(child: Pid, mapping: Mapping) -> Result<()> {
     }
     Ok(())
 }
+// ANCHOR_END: write_maps
 
+// ANCHOR: become_root
 /// Child: become uid and gid 0 of the new namespace (START on the host).
 pub fn become_root() -> Result<()> {
     setgroups(&[]).context("drop the host's supplementary groups")?;
@@ -55,6 +58,7 @@ pub fn become_root() -> Result<()> {
     setresgid(gid, gid, gid).context("setresgid 0")?;
     setresuid(uid, uid, uid).context("setresuid 0")
 }
+// ANCHOR_END: become_root
 
 /// Host side: the rootfs's files belong to host root, which is nobody inside.
 /// Like Docker's userns-remap, use a copy owned by the mapped ids, made once

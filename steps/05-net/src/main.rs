@@ -23,7 +23,7 @@ use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
-#[command(name = "03-mnt", about = "Step 05: run a command with a network of its own (+ network namespace)")]
+#[command(name = env!("CARGO_BIN_NAME"), about = "Step 05: run a command with a network of its own (+ network namespace)")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

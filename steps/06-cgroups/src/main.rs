@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
-    name = "03-mnt",
+    name = env!("CARGO_BIN_NAME"),
     about = "Step 06: run a command within limits on memory, CPU and processes (+ cgroups)"
 )]
 struct Cli {

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
-    name = "03-mnt",
+    name = env!("CARGO_BIN_NAME"),
     about = "Step 07: run a command on read-only image layers, with a writable layer on top (+ overlayfs)"
 )]
 struct Cli {

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
-    name = "03-mnt",
+    name = env!("CARGO_BIN_NAME"),
     about = "Step 08: run a command with volumes: host directories and named volumes that outlive it"
 )]
 struct Cli {
