@@ -258,9 +258,10 @@ pub fn explain(message: &str) -> String {
                 .iter()
                 .rev()
                 .find_map(|l| l.split_once("panicked at ").map(|(_, p)| p.trim_end_matches(':')))
-                .map(|p| format!(" ({p})"))
+                .map(|p| format!(" at {p}"))
                 .unwrap_or_default();
-            format!("not done yet: the binary reached a todo!(){place}: {}\n{tidy}", lines[at])
+            let what = lines[at].trim_start_matches("not yet implemented").trim_start_matches(": ");
+            format!("not done yet: todo!(){place}: {what}\n{tidy}")
         }
         None => tidy,
     }
@@ -285,8 +286,7 @@ mod tests {
         let first = explained.lines().next().unwrap();
         assert_eq!(
             first,
-            "not done yet: the binary reached a todo!() (exercises/02-pid/src/init.rs:43:5): \
-             not yet implemented: init::start([\"true\"]): fork"
+            "not done yet: todo!() at exercises/02-pid/src/init.rs:43:5: init::start([\"true\"]): fork"
         );
         assert!(!explained.contains("std::backtrace"));
         assert!(explained.contains("thread caused non-unwinding panic"));

@@ -1,0 +1,350 @@
+//! The `grade` and `hint` tasks, and the `exercises` tier's self-check.
+//!
+//! Grading builds the exercises as the invoking user, then runs the grader
+//! (test target `grade` of the harness) as root. The grader knows the checks
+//! and their points and prints a JSON report; this side saves it, shows it as
+//! a table and fails unless everything passed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::exercises::{self, Crate, Kind};
+use crate::{
+    artifacts, as_root, cargo, command_line, display_path, handout, output, print_table, rootfs,
+    run as run_cmd, target_dir, workspace_root,
+};
+
+/// A grader run: its report, and the exercises that did not build.
+pub struct Graded {
+    pub report: Value,
+    pub not_built: Vec<String>,
+}
+
+/// The `grade` task.
+pub fn run(wanted: &[String], kind: Kind, report: Option<PathBuf>, watch: bool) -> Result<()> {
+    let report = report.unwrap_or_else(|| target_dir().join("grade/report.json"));
+    if !watch {
+        return grade_and_show(wanted, kind, &report);
+    }
+    let crates = exercises::select(kind, wanted)?;
+    loop {
+        if let Err(err) = grade_and_show(wanted, kind, &report) {
+            println!("\n{err:#}");
+        }
+        let dirs: Vec<String> = crates.iter().map(|c| display_path(&c.dir)).collect();
+        println!("\nwatching {} for changes (Ctrl-C to stop)", dirs.join(", "));
+        wait_for_change(&crates);
+    }
+}
+
+fn grade_and_show(wanted: &[String], kind: Kind, report_path: &Path) -> Result<()> {
+    let graded = grade(kind, wanted)?;
+    if let Some(dir) = report_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let text = serde_json::to_string_pretty(&graded.report)?;
+    std::fs::write(report_path, text + "\n").with_context(|| format!("write {}", report_path.display()))?;
+    println!();
+    show(&graded.report);
+    println!("\nreport: {}", display_path(report_path));
+    if graded.report["status"] != "pass" {
+        let failed = exercise_results(&graded.report).filter(|e| e["status"] != "pass").count();
+        bail!(
+            "{failed} {}(s) did not pass; see above for what was expected and what was seen",
+            kind.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// The report's exercises.
+fn exercise_results(report: &Value) -> impl Iterator<Item = &Value> {
+    report["exercises"].as_array().into_iter().flatten()
+}
+
+/// The table: one row per exercise, with its first failure; then that failure's first line in full.
+fn show(report: &Value) {
+    let mut failures = Vec::new();
+    let rows: Vec<Vec<String>> = exercise_results(report)
+        .map(|e| {
+            let name = e["exercise"].as_str().unwrap_or("?").to_string();
+            let tests = e["tests"].as_array().cloned().unwrap_or_default();
+            let first = tests.iter().find(|t| t["status"] != "pass");
+            let failure = first.map_or(String::new(), |t| {
+                let message = t["message"].as_str().unwrap_or("").lines().next().unwrap_or("");
+                let line = format!("{}: {message}", t["name"].as_str().unwrap_or("?"));
+                failures.push(format!("{name}: {line}"));
+                shorten(&line, 80)
+            });
+            let passed = tests.iter().filter(|t| t["status"] == "pass").count();
+            let result = match e["status"] == "pass" {
+                true => format!("passed ({passed} tests)"),
+                false => format!("FAILED ({passed}/{} tests passed)", tests.len()),
+            };
+            vec![name, format!("{}/{}", e["score"], e["max_score"]), result, failure]
+        })
+        .collect();
+    print_table(&["exercise", "points", "result", "first failure"], &rows);
+    println!("total: {}/{} points", report["score"], report["max_score"]);
+    if !failures.is_empty() {
+        println!("\nfirst failures:\n{}", failures.join("\n"));
+    }
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Builds what grading needs, runs the grader as root, and returns its report.
+/// An exercise that does not build is still in the report, with no points.
+pub fn grade(kind: Kind, wanted: &[String]) -> Result<Graded> {
+    let crates = exercises::select(kind, wanted)?;
+    let mut not_built = Vec::new();
+    for krate in &crates {
+        if let Err(err) = run_cmd(cargo().args(["build", "-p", &krate.package()])) {
+            println!("{} does not build, it will get no points: {err:#}", display_path(&krate.dir));
+            not_built.push(krate.name.clone());
+        }
+    }
+    let probe = artifacts::build_probe()?;
+    let rootfs = rootfs::prepare(&probe)?;
+    let grader = build_grader()?;
+
+    let mut cmd = Command::new(grader);
+    cmd.current_dir(workspace_root())
+        .env("WORKSHOP_ROOT", workspace_root())
+        .env("WORKSHOP_BIN_DIR", target_dir().join("debug"))
+        .env("WORKSHOP_PROBE", &probe)
+        .env("WORKSHOP_ROOTFS", &rootfs)
+        // A todo!() that panics says where it is; a backtrace would only bury that.
+        .env("RUST_BACKTRACE", "0");
+    if kind == Kind::Solution {
+        cmd.arg("--solutions");
+    }
+    cmd.args(crates.iter().map(|c| &c.name));
+    for name in &not_built {
+        cmd.args(["--not-built", name]);
+    }
+    let mut cmd = as_root(cmd)?;
+    // The progress goes straight to the terminal; the report is the last line on stdout.
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    eprintln!("$ {}", command_line(&cmd));
+    let out = cmd.output().with_context(|| format!("could not start `{}`", command_line(&cmd)))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    let report: Value = match line.map(serde_json::from_str) {
+        Some(Ok(report)) => report,
+        _ => bail!("the grader ({}) gave no report; it ended with {}", command_line(&cmd), out.status),
+    };
+    Ok(Graded { report, not_built })
+}
+
+/// Builds the grader (test target `grade` of the harness) and returns its path.
+fn build_grader() -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "harness",
+        "--test",
+        "grade",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ])
+    .stderr(Stdio::inherit());
+    eprintln!("$ {}", command_line(&cmd));
+    let stdout =
+        output(&mut cmd).context("could not build the grader (test target `grade` of crate `harness`)")?;
+    artifacts::test_executable(&stdout, "grade")
+        .context("cargo built the harness but reported no executable for test target `grade`")
+}
+
+/// Blocks until a file of one of `crates` (Cargo.toml, src/) changes.
+fn wait_for_change(crates: &[Crate]) {
+    let stamp = || -> Vec<(PathBuf, Option<SystemTime>)> {
+        let files = crates.iter().flat_map(|c| {
+            let files = exercises::compared_files(&c.dir).unwrap_or_default();
+            files.into_iter().map(|f| c.dir.join(f)).collect::<Vec<_>>()
+        });
+        files.map(|f| (f.clone(), f.metadata().and_then(|m| m.modified()).ok())).collect()
+    };
+    let before = stamp();
+    while stamp() == before {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The `hint` task: the hints of an exercise, one at a time (or all).
+pub fn hint(exercise: &str, number: Option<usize>, all: bool) -> Result<()> {
+    let krate = exercises::select(Kind::Exercise, &[exercise.to_string()])?.remove(0);
+    let hints = exercises::hints(&krate)?;
+    if hints.is_empty() {
+        bail!("{} has no hints (`## ` sections)", display_path(&krate.dir.join("HINTS.md")));
+    }
+    if all {
+        println!("{}", hints.join("\n\n"));
+        return Ok(());
+    }
+    let n = number.unwrap_or(1);
+    let Some(text) = n.checked_sub(1).and_then(|i| hints.get(i)) else {
+        bail!("exercise {} has hints 1 to {}", krate.name, hints.len());
+    };
+    println!("{text}\n");
+    match n < hints.len() {
+        true => {
+            println!("(hint {n} of {}; the next one: cargo xtask hint {} {})", hints.len(), krate.name, n + 1)
+        }
+        false => println!("(hint {n} of {}: the last one)", hints.len()),
+    }
+    Ok(())
+}
+
+/// The `exercises` tier: every exercise matches its solution outside the
+/// marked regions and has its README.md and hints; every exercise, as
+/// shipped, builds and fails each of its graded checks (fast, with the
+/// todo!() named) while still passing its step's checks; every solution
+/// passes everything; and the student handout builds without solutions/.
+pub fn self_check() -> Result<()> {
+    let (exercises, solutions) = (exercises::list(Kind::Exercise)?, exercises::list(Kind::Solution)?);
+    if exercises.is_empty() {
+        bail!("no exercises in {}", display_path(&Kind::Exercise.dir()));
+    }
+    let mut problems = Vec::new();
+    for solution in solutions.iter().filter(|s| !exercises.iter().any(|e| e.name == s.name)) {
+        problems.push(format!("solutions/{} has no exercise", solution.name));
+    }
+    for exercise in &exercises {
+        match solutions.iter().find(|s| s.name == exercise.name) {
+            Some(solution) => problems.extend(exercises::differences(exercise, solution)?),
+            None => problems.push(format!("exercises/{} has no solution", exercise.name)),
+        }
+        for file in ["README.md", "HINTS.md"] {
+            if !exercise.dir.join(file).is_file() {
+                problems.push(format!("exercises/{} has no {file}", exercise.name));
+            }
+        }
+        if exercise.dir.join("HINTS.md").is_file() && exercises::hints(exercise)?.is_empty() {
+            problems.push(format!("exercises/{}/HINTS.md has no `## ` hint", exercise.name));
+        }
+    }
+
+    println!("\n--> the exercises as shipped: each must fail its own checks, and pass its step's");
+    let shipped = grade(Kind::Exercise, &[])?;
+    save(&shipped.report, "exercises")?;
+    problems.extend(check_shipped(&shipped, &exercises));
+    println!("\n--> the solutions: each must pass everything");
+    let solved = grade(Kind::Solution, &[])?;
+    save(&solved.report, "solutions")?;
+    problems.extend(check_solved(&solved, &solutions));
+    println!("\n--> the student handout: no solutions/, and it builds");
+    if let Err(err) = handout::check() {
+        problems.push(format!("the handout: {err:#}"));
+    }
+
+    if !problems.is_empty() {
+        bail!("{} problem(s):\n{}", problems.len(), problems.join("\n"));
+    }
+    println!(
+        "\nexercises: {} exercise(s) fail as shipped, their solutions pass, the handout builds",
+        exercises.len()
+    );
+    Ok(())
+}
+
+fn save(report: &Value, name: &str) -> Result<()> {
+    let path = target_dir().join(format!("grade/self-check-{name}.json"));
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    std::fs::write(&path, serde_json::to_string_pretty(report)? + "\n")?;
+    println!("(report: {})", display_path(&path));
+    Ok(())
+}
+
+/// Each report entry for `crates`, or a problem for each one that is missing.
+fn entries<'a>(graded: &'a Graded, crates: &[Crate], problems: &mut Vec<String>) -> Vec<(String, &'a Value)> {
+    let mut found = Vec::new();
+    for krate in crates {
+        if graded.not_built.contains(&krate.name) {
+            problems.push(format!("{} does not build", display_path(&krate.dir)));
+        }
+        match exercise_results(&graded.report).find(|e| e["exercise"] == krate.name.as_str()) {
+            Some(entry) => found.push((krate.name.clone(), entry)),
+            None => problems.push(format!(
+                "{} was not graded: add its checks to harness/src/exercises/ (and `all()` there)",
+                display_path(&krate.dir)
+            )),
+        }
+    }
+    found
+}
+
+/// The shipped exercises: no points, every own check failed quickly and
+/// clearly, every step check passed.
+fn check_shipped(graded: &Graded, exercises: &[Crate]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, entry) in entries(graded, exercises, &mut problems) {
+        let tests = entry["tests"].as_array().cloned().unwrap_or_default();
+        let mut todo_seen = false;
+        for test in &tests {
+            let label = format!("exercise {name}, test {}", test["name"].as_str().unwrap_or("?"));
+            let passed = test["status"] == "pass";
+            match test["kind"].as_str() {
+                Some("exercise") if passed => {
+                    problems.push(format!("{label}: passes as shipped (the test is vacuous)"))
+                }
+                Some("exercise") => {
+                    todo_seen |= test["message"].as_str().unwrap_or("").starts_with("not done yet");
+                    if test["seconds"].as_f64().unwrap_or(0.0) > 15.0 {
+                        problems
+                            .push(format!("{label}: took {}s to fail as shipped (a hang?)", test["seconds"]));
+                    }
+                }
+                _ if !passed => problems.push(format!(
+                    "{label}: the shipped skeleton breaks the step: {}",
+                    test["message"].as_str().unwrap_or("").lines().next().unwrap_or("")
+                )),
+                _ => {}
+            }
+        }
+        if entry["score"] != 0 {
+            problems.push(format!("exercise {name} scores {} points as shipped", entry["score"]));
+        }
+        if !todo_seen {
+            problems.push(format!(
+                "exercise {name}: no failure says \"not done yet\" (the todo!() was not named)"
+            ));
+        }
+    }
+    problems
+}
+
+/// The solutions: everything passes.
+fn check_solved(graded: &Graded, solutions: &[Crate]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (name, entry) in entries(graded, solutions, &mut problems) {
+        for test in entry["tests"].as_array().into_iter().flatten().filter(|t| t["status"] != "pass") {
+            let message = test["message"].as_str().unwrap_or("").lines().next().unwrap_or("");
+            problems
+                .push(format!("solution {name} fails {}: {message}", test["name"].as_str().unwrap_or("?")));
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_failures_are_shortened() {
+        assert_eq!(shorten("abcdef", 3), "abc...");
+        assert_eq!(shorten("abc", 3), "abc");
+        assert_eq!(shorten("héllo wörld", 4), "héll...");
+    }
+}
