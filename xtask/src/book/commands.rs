@@ -1,0 +1,630 @@
+//! The book's runnable commands.
+//!
+//! The convention (the book's setup chapter explains it to readers): in a
+//! ```console block, a line starting with `$ ` is a command (a line ending in `\`
+//! continues on the next one) and the lines after it, up to the next `$ `, are what
+//! it prints, stdout and stderr together. Every such command is run and must print
+//! that (after `normalise`) and exit with status 0; a block that shows a failure
+//! ends its command with `; echo "exit status: $?"`, as a reader would type it.
+//! ```sh blocks are shown, never run (interactive shells, two terminals).
+//!
+//! The commands run as root from the workspace root, each in a fresh `bash`, with
+//! `sudo` defined as a function that just runs its arguments (through `env`, so
+//! `sudo VAR=value cmd` works too). All of them run inside namespaces that the
+//! runner makes for itself (`run_as_root`): a network namespace with only `lo`
+//! (chapter 05's bridges and veths never touch the machine's interfaces), a UTS
+//! namespace whose hostname is `workshop-host` (so "the host's hostname" reads the
+//! same everywhere), and a mount namespace that receives the host's mounts but sends
+//! none back, with a fresh tmpfs on /run. They all vanish when the runner exits.
+//!
+//! `cargo xtask book --bless` rewrites the output of every command whose output
+//! does not match, with what it really printed; matching blocks stay as they are.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::book_dir;
+use crate::{artifacts, as_root, command_line, display_path, is_root, rootfs, target_dir, workspace_root};
+
+/// The hostname of "the host" while the book's commands run.
+const HOSTNAME: &str = "workshop-host";
+/// A command that runs longer than this is killed and fails.
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// The environment of every command (nothing else from ours leaks in).
+const ENV: [(&str, &str); 3] = [
+    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    ("HOME", "/root"),
+    ("LC_ALL", "C"),
+];
+
+/// User side: build what the commands use (as the invoking user), then run them as root.
+pub fn check(bless: bool) -> Result<()> {
+    if target_dir() != workspace_root().join("target") {
+        bail!(
+            "the book's commands use target/debug and target/rootfs, but CARGO_TARGET_DIR is {}; unset it",
+            target_dir().display()
+        );
+    }
+    artifacts::build_steps()?;
+    let probe = artifacts::build_probe()?;
+    // The default rootfs, whatever WORKSHOP_ROOTFS says: the book's commands use it.
+    rootfs::ensure(&rootfs::default_path(), None, &probe)?;
+
+    let mut cmd = Command::new(xtask_exe()?);
+    cmd.arg("book-commands").current_dir(workspace_root());
+    if bless {
+        cmd.arg("--bless");
+    }
+    let mut cmd = as_root(cmd)?;
+    let line = command_line(&cmd);
+    eprintln!("$ {line}");
+    let status = cmd.status().with_context(|| format!("could not start `{line}`"))?;
+    if !status.success() {
+        if bless {
+            bail!("some commands could not be blessed (see above)");
+        }
+        bail!(
+            "commands in the book do not print what the book shows (see above); \
+             if the new output is right, run `cargo xtask book --bless` and commit the markdown"
+        );
+    }
+    Ok(())
+}
+
+/// This program, to start again as root. `cargo build --workspace` (above) may have
+/// replaced its file: as root, run our own image through /proc/self/exe (which the
+/// forked child still shares); through sudo, run the new file at the same path.
+fn xtask_exe() -> Result<PathBuf> {
+    if is_root() {
+        return Ok(PathBuf::from("/proc/self/exe"));
+    }
+    let exe = std::env::current_exe().context("where is the xtask binary?")?;
+    let text = exe.to_string_lossy();
+    match text.strip_suffix(" (deleted)") {
+        Some(path) if !exe.exists() => Ok(PathBuf::from(path)),
+        _ => Ok(exe),
+    }
+}
+
+/// Root side (`cargo xtask book-commands [--bless]`, hidden): run every command.
+pub fn run_as_root(bless: bool) -> Result<()> {
+    if !is_root() {
+        bail!("book-commands runs the book's commands and must run as root");
+    }
+    sandbox()?;
+    let (mut commands, mut failed, mut blessed) = (0, 0, 0);
+    for file in markdown_files(&book_dir().join("src"))? {
+        let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
+        let blocks = parse(&text);
+        if blocks.is_empty() {
+            continue;
+        }
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        // Replace blocks from the last to the first, so earlier line numbers stay valid.
+        let mut replacements = Vec::new();
+        for block in &blocks {
+            let mut rendered = Vec::new();
+            let mut changed = false;
+            for cmd in &block.commands {
+                commands += 1;
+                let ran = execute(&cmd.shell)?;
+                let place = format!("{}:{}", display_path(&file), cmd.line + 1);
+                let matches = normalise(&cmd.expected_output(&block.indent)) == normalise(&ran.output);
+                let mut problems = Vec::new();
+                if ran.timed_out {
+                    problems.push(format!("killed after {}s", TIMEOUT.as_secs()));
+                } else if ran.status != Some(0) {
+                    problems.push(format!(
+                        "exit status {:?}; to show a failure, end the command with `; echo \"exit status: $?\"`",
+                        ran.status
+                    ));
+                }
+                if ran.left_running {
+                    problems.push("left processes running (they were killed)".to_string());
+                }
+                let can_bless = problems.is_empty();
+                if !matches {
+                    problems.push("prints something else than the book shows".to_string());
+                }
+                rendered.extend(cmd.shown.iter().cloned());
+                if problems.is_empty() {
+                    rendered.extend(cmd.expected.iter().cloned());
+                    continue;
+                }
+                if bless && can_bless {
+                    blessed += 1;
+                    changed = true;
+                    println!("blessed {place}: {}", cmd.shell);
+                    rendered.extend(output_lines(&ran.output).map(|l| format!("{}{l}", block.indent)));
+                    continue;
+                }
+                failed += 1;
+                report(&place, cmd, &cmd.expected_output(&block.indent), &ran.output, &problems);
+                rendered.extend(cmd.expected.iter().cloned());
+            }
+            if changed {
+                replacements.push((block.first, block.end, rendered));
+            }
+        }
+        if bless && !replacements.is_empty() {
+            for (first, end, rendered) in replacements.into_iter().rev() {
+                lines.splice(first..end, rendered);
+            }
+            let mut new_text = lines.join("\n");
+            new_text.push('\n');
+            std::fs::write(&file, new_text).with_context(|| format!("write {}", file.display()))?;
+        }
+    }
+    println!("book commands: {commands} run, {failed} failed, {blessed} blessed");
+    if failed > 0 {
+        bail!("{failed} of the book's {commands} commands failed");
+    }
+    Ok(())
+}
+
+fn report(place: &str, cmd: &Cmd, expected: &str, output: &str, problems: &[String]) {
+    println!("\nFAILED {place}: {}", problems.join("; "));
+    println!("  $ {}", cmd.shell);
+    let shown = normalise(expected);
+    let got = normalise(output);
+    println!("  the book shows (normalised):");
+    for line in shown.lines() {
+        println!("    | {line}");
+    }
+    println!("  it printed (normalised):");
+    for line in got.lines() {
+        println!("    | {line}");
+    }
+}
+
+/// A command's output as lines, without trailing blanks.
+fn output_lines(output: &str) -> impl Iterator<Item = &str> {
+    let lines: Vec<&str> = output.lines().map(str::trim_end).collect();
+    let keep = lines.iter().rposition(|l| !l.is_empty()).map_or(0, |i| i + 1);
+    lines.into_iter().take(keep)
+}
+
+/// Every markdown file under `dir`, sorted; the generated diffs have no commands.
+fn markdown_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n != "generated") {
+                files.extend(markdown_files(&path)?);
+            }
+        } else if path.extension().is_some_and(|e| e == "md") {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+// ---------------------------------------------------------------------------
+// Parsing the markdown
+
+/// A ```console block: its commands, and the lines it spans (between the fences).
+#[derive(Debug, PartialEq)]
+struct Block {
+    /// Index of the first line after the opening fence.
+    first: usize,
+    /// Index of the closing fence (or the end of the file).
+    end: usize,
+    /// The indentation of the fence (blocks inside list items are indented).
+    indent: String,
+    commands: Vec<Cmd>,
+}
+
+/// One `$ command` and the output the book shows for it.
+#[derive(Debug, PartialEq)]
+struct Cmd {
+    /// Index of its first line in the file.
+    line: usize,
+    /// Its lines as written, with the prompt.
+    shown: Vec<String>,
+    /// What the shell runs: the lines without prompt and indentation.
+    shell: String,
+    /// The output lines as written (with indentation).
+    expected: Vec<String>,
+}
+
+impl Cmd {
+    /// The output the book shows, without the block's indentation.
+    fn expected_output(&self, indent: &str) -> String {
+        let lines: Vec<&str> = self.expected.iter().map(|l| l.strip_prefix(indent).unwrap_or(l)).collect();
+        lines.join("\n")
+    }
+}
+
+/// Find the ```console blocks of a markdown text.
+fn parse(text: &str) -> Vec<Block> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut blocks = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let Some((fence, indent, info)) = fence_open(lines[i]) else {
+            i += 1;
+            continue;
+        };
+        let first = i + 1;
+        let mut end = first;
+        while end < lines.len() && !fence_closes(lines[end], &fence) {
+            end += 1;
+        }
+        if info.split([',', ' ', '{']).next() == Some("console") {
+            blocks.push(Block {
+                first,
+                end,
+                indent: indent.to_string(),
+                commands: commands(&lines[first..end], first, indent),
+            });
+        }
+        i = end + 1;
+    }
+    blocks
+}
+
+/// An opening fence: (the fence, the indentation, the info string).
+fn fence_open(line: &str) -> Option<(String, &str, &str)> {
+    let trimmed = line.trim_start();
+    let indent = &line[..line.len() - trimmed.len()];
+    let c = trimmed.chars().next().filter(|c| *c == '`' || *c == '~')?;
+    let fence: String = trimmed.chars().take_while(|x| *x == c).collect();
+    if fence.len() < 3 {
+        return None;
+    }
+    Some((fence.clone(), indent, trimmed[fence.len()..].trim()))
+}
+
+fn fence_closes(line: &str, fence: &str) -> bool {
+    let trimmed = line.trim();
+    let c = fence.chars().next().unwrap_or('`');
+    trimmed.len() >= fence.len() && trimmed.chars().all(|x| x == c)
+}
+
+fn commands(lines: &[&str], offset: usize, indent: &str) -> Vec<Cmd> {
+    let mut commands: Vec<Cmd> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let body = line.strip_prefix(indent).unwrap_or(line);
+        if let Some(first) = body.strip_prefix("$ ") {
+            let mut shown = vec![line.to_string()];
+            let mut shell = first.to_string();
+            while shell.ends_with('\\') && i + 1 < lines.len() {
+                i += 1;
+                shown.push(lines[i].to_string());
+                shell.push('\n');
+                shell.push_str(lines[i].strip_prefix(indent).unwrap_or(lines[i]));
+            }
+            commands.push(Cmd { line: offset + i + 1 - shown.len(), shown, shell, expected: Vec::new() });
+        } else if let Some(cmd) = commands.last_mut() {
+            cmd.expected.push(line.to_string());
+        }
+        // Lines before the first command (there should be none) are left alone.
+        i += 1;
+    }
+    for cmd in &mut commands {
+        while cmd.expected.last().is_some_and(|l| l.trim().is_empty()) {
+            cmd.expected.pop();
+        }
+    }
+    commands
+}
+
+// ---------------------------------------------------------------------------
+// Running
+
+struct Ran {
+    output: String,
+    status: Option<i32>,
+    timed_out: bool,
+    left_running: bool,
+}
+
+/// Make this process's own namespaces for the commands (see the module comment).
+fn sandbox() -> Result<()> {
+    let c = |s: &str| CString::new(s).expect("no NUL");
+    // SAFETY: plain system calls with valid C strings; we are single-threaded here,
+    // as unshare(CLONE_NEWNS) requires.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("unshare the network, UTS and mount namespaces");
+        }
+        // Mounts made by the commands stay here: the host's tree does not receive them.
+        let flags = libc::MS_REC | libc::MS_SLAVE;
+        if libc::mount(std::ptr::null(), c("/").as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error()).context("make / a slave mount");
+        }
+        // IP leases, `ip netns` files and the like land in this /run, not the host's.
+        let (tmpfs, run, mode) = (c("tmpfs"), c("/run"), c("mode=755"));
+        let flags = libc::MS_NOSUID | libc::MS_NODEV;
+        if libc::mount(tmpfs.as_ptr(), run.as_ptr(), tmpfs.as_ptr(), flags, mode.as_ptr().cast()) != 0 {
+            return Err(std::io::Error::last_os_error()).context("mount a tmpfs on /run");
+        }
+        if libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len()) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sethostname");
+        }
+        // Orphans (a container whose runtime died) are re-parented to us: we reap them.
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+    let lo = Command::new("ip").args(["link", "set", "lo", "up"]).status();
+    if !lo.is_ok_and(|s| s.success()) {
+        bail!("`ip link set lo up` failed in the book's network namespace (is iproute2 installed?)");
+    }
+    Ok(())
+}
+
+fn execute(shell: &str) -> Result<Ran> {
+    let script = format!("sudo() {{ env \"$@\"; }}\n{shell}\n");
+    let (mut reader, writer) = std::io::pipe().context("create a pipe")?;
+    let mut child = {
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(script)
+            .current_dir(workspace_root())
+            .env_clear()
+            .envs(ENV)
+            .stdin(Stdio::null())
+            .stdout(writer.try_clone()?)
+            .stderr(writer)
+            .process_group(0);
+        cmd.spawn().context("start bash")?
+        // `cmd` (and our copies of the pipe's write end) are dropped here, so the
+        // reader sees the end once the command and everything it started are gone.
+    };
+    let group = child.id() as i32;
+    let collector = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = reader.read_to_end(&mut bytes);
+        bytes
+    });
+    let start = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if !timed_out && start.elapsed() > TIMEOUT {
+            timed_out = true;
+            // SAFETY: kill(2) on the process group we created.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    reap_orphans();
+    // Anything still in the command's process group was left behind.
+    // SAFETY: kill(2) with signal 0 only checks; SIGKILL ends what was left.
+    let left_running = unsafe { libc::kill(-group, 0) } == 0;
+    if left_running {
+        unsafe { libc::kill(-group, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(100));
+        reap_orphans();
+    }
+    let bytes = collector.join().unwrap_or_default();
+    Ok(Ran {
+        output: String::from_utf8_lossy(&bytes).into_owned(),
+        status: status.code(),
+        timed_out,
+        left_running,
+    })
+}
+
+fn reap_orphans() {
+    // SAFETY: waitpid(2) with WNOHANG on our (adopted) children.
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+}
+
+// ---------------------------------------------------------------------------
+// Normalising: what may differ from run to run
+
+/// Replace what differs between runs with placeholders, the same value with the same
+/// placeholder within one command's output (so "these two are equal" still counts):
+/// 12-hex-digit container ids (<ID1>), namespace inode numbers in `[...]` (<NS1>),
+/// process ids other than 1 after "pid"/"PID"/"/proc/" and in the PID columns of a
+/// `ps` table (<PID1>), MAC addresses (<MAC1>) and times of day or durations like
+/// 0:00 and 12:34:56 (<TIME>). Trailing spaces and blank lines do not count.
+pub fn normalise(text: &str) -> String {
+    let mut names = Names::default();
+    let mut pid_columns: Vec<usize> = Vec::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.contains(&"PID") && words.iter().all(|w| w.chars().all(|c| !c.is_ascii_digit())) {
+            // A `ps` header: remember which columns hold process ids.
+            pid_columns =
+                words.iter().enumerate().filter(|(_, w)| w.ends_with("PID")).map(|(i, _)| i).collect();
+        } else if !words.first().is_some_and(|w| w.chars().all(|c| c.is_ascii_digit())) {
+            pid_columns.clear();
+        }
+        out.push(normalise_line(line, &pid_columns, &mut names).trim_end().to_string());
+    }
+    while out.last().is_some_and(|l| l.is_empty()) {
+        out.pop();
+    }
+    out.join("\n")
+}
+
+#[derive(Default)]
+struct Names {
+    seen: HashMap<(&'static str, String), usize>,
+    count: HashMap<&'static str, usize>,
+}
+
+impl Names {
+    fn name(&mut self, kind: &'static str, value: &str) -> String {
+        let count = self.count.entry(kind).or_insert(0);
+        let n = *self.seen.entry((kind, value.to_string())).or_insert_with(|| {
+            *count += 1;
+            *count
+        });
+        format!("<{kind}{n}>")
+    }
+}
+
+/// A line as tokens: words of [A-Za-z0-9_] and single other characters.
+fn tokens(line: &str) -> Vec<&str> {
+    let mut tokens = Vec::new();
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut chars = line.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if word(c) {
+            while chars.peek().is_some_and(|(_, c)| word(*c)) {
+                chars.next();
+            }
+            let end = chars.peek().map_or(line.len(), |(j, _)| *j);
+            tokens.push(&line[i..end]);
+        } else {
+            tokens.push(&line[i..i + c.len_utf8()]);
+        }
+    }
+    tokens
+}
+
+fn normalise_line(line: &str, pid_columns: &[usize], names: &mut Names) -> String {
+    let digits = |t: &str| !t.is_empty() && t.chars().all(|c| c.is_ascii_digit());
+    let hex = |t: &str, len: usize| {
+        t.len() == len && t.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    };
+    let t = tokens(line);
+    let mut out = String::new();
+    let mut column = 0; // index of the whitespace-separated field we are in
+    let mut in_space = true;
+    let mut i = 0;
+    while i < t.len() {
+        let tok = t[i];
+        let at = |k: usize| t.get(k).copied().unwrap_or("");
+        if tok.chars().all(char::is_whitespace) {
+            if !in_space {
+                column += 1;
+            }
+            in_space = true;
+            out.push_str(tok);
+            i += 1;
+            continue;
+        }
+        in_space = false;
+        // MAC address: 6 pairs of hex digits joined by ':'.
+        if (0..6).all(|k| hex(at(i + 2 * k), 2)) && (0..5).all(|k| at(i + 2 * k + 1) == ":") {
+            out.push_str(&names.name("MAC", &t[i..i + 11].concat()));
+            i += 11;
+            continue;
+        }
+        // Time of day or duration: H:MM or HH:MM:SS.
+        if digits(tok)
+            && tok.len() <= 2
+            && at(i + 1) == ":"
+            && digits(at(i + 2))
+            && at(i + 2).len() == 2
+            && at(i.wrapping_sub(1)) != ":"
+        {
+            let mut end = i + 3;
+            if at(end) == ":" && digits(at(end + 1)) && at(end + 1).len() == 2 {
+                end += 2;
+            }
+            out.push_str("<TIME>");
+            i = end;
+            continue;
+        }
+        if hex(tok, 12) {
+            out.push_str(&names.name("ID", tok));
+        } else if digits(tok) && i > 0 && at(i - 1) == "[" && at(i + 1) == "]" && tok.len() >= 6 {
+            out.push_str(&names.name("NS", tok));
+        } else if digits(tok) && tok != "1" && (after_pid_word(&t, i) || pid_columns.contains(&column)) {
+            out.push_str(&names.name("PID", tok));
+        } else {
+            out.push_str(tok);
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Does the number at `t[i]` follow "pid", "PID:", "pid=", "PPID " or "/proc/"?
+fn after_pid_word(t: &[&str], i: usize) -> bool {
+    let mut k = i;
+    while k > 0 && [" ", ":", "=", "/"].contains(&t[k - 1]) {
+        k -= 1;
+    }
+    if k == i || k == 0 {
+        return false;
+    }
+    let word = t[k - 1].to_ascii_lowercase();
+    word == "pid" || word == "ppid" || (word == "proc" && t[i - 1] == "/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_console_blocks_and_their_commands() {
+        let text = "intro\n\n```console\n$ echo a\na\n$ printf 'x\\n' \\\n  'y'\nx\n\n```\n\n```sh\n$ not run\n```\n  ~~~console\n  $ true\n  ~~~\n";
+        let blocks = parse(text);
+        assert_eq!(blocks.len(), 2);
+        let first = &blocks[0];
+        assert_eq!((first.first, first.end), (3, 9));
+        assert_eq!(first.commands.len(), 2);
+        assert_eq!(first.commands[0].shell, "echo a");
+        assert_eq!(first.commands[0].expected, vec!["a"]);
+        assert_eq!(first.commands[1].line, 5);
+        assert_eq!(first.commands[1].shell, "printf 'x\\n' \\\n  'y'");
+        assert_eq!(first.commands[1].expected, vec!["x"]);
+        assert_eq!(blocks[1].indent, "  ");
+        assert_eq!(blocks[1].commands[0].shell, "true");
+        let indented = parse("  ```console\n  $ echo a\n  a\n   b\n  ```\n");
+        assert_eq!(indented[0].commands[0].expected_output("  "), "a\n b");
+    }
+
+    #[test]
+    fn ids_are_renamed_consistently() {
+        let a = normalise("host 3f2a9c1b7d4e\nagain 3f2a9c1b7d4e\nother 0123456789ab");
+        assert_eq!(a, "host <ID1>\nagain <ID1>\nother <ID2>");
+        let b = normalise("host 9999aaaabbbb\nagain 9999aaaabbbb\nother 00000000cafe");
+        assert_eq!(a, b);
+        // Different structure (the two ids equal) does not match.
+        assert_ne!(a, normalise("host 3f2a9c1b7d4e\nagain 0123456789ab\nother 0123456789ab"));
+    }
+
+    #[test]
+    fn pids_other_than_1() {
+        assert_eq!(normalise("my PID: 1"), "my PID: 1");
+        assert_eq!(
+            normalise("my PID: 4242 and pid=77, /proc/4242/ns"),
+            "my PID: <PID1> and pid=<PID2>, /proc/<PID1>/ns"
+        );
+        assert_eq!(normalise("uid 100000 count 65536"), "uid 100000 count 65536");
+        let ps =
+            "PID   USER     TIME  COMMAND\n    1 root      0:00 sh -c ps\n   7 root      0:00 ps\ndone 8";
+        assert_eq!(normalise(ps), "PID   USER     TIME  COMMAND\n    1 root      <TIME> sh -c ps\n   <PID1> root      <TIME> ps\ndone 8");
+    }
+
+    #[test]
+    fn namespaces_macs_and_times() {
+        assert_eq!(normalise("uts:[4026532247] uts:[4026531838]"), "uts:[<NS1>] uts:[<NS2>]");
+        assert_eq!(
+            normalise("link/ether 02:42:ac:11:00:02 brd ff:ff:ff:ff:ff:ff"),
+            "link/ether <MAC1> brd <MAC2>"
+        );
+        assert_eq!(normalise("up 12:34:56, 0:01"), "up <TIME>, <TIME>");
+        // Not times: a uid range, a port.
+        assert_eq!(
+            normalise("--userns-remap 100000:65536 10.0.0.1:8080"),
+            "--userns-remap 100000:65536 10.0.0.1:8080"
+        );
+    }
+
+    #[test]
+    fn trailing_space_and_blank_lines_do_not_count() {
+        assert_eq!(normalise("a  \nb\n\n"), normalise("a\nb"));
+    }
+}
