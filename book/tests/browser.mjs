@@ -23,7 +23,16 @@ if (!bookDir || !shotDir) {
 // Pages that are not chapters: mdbook's 404 page links with absolute paths, print.html repeats the book.
 const SKIP = new Set(["404.html", "print.html", "toc.html"]);
 // Pages worth a screenshot (when they exist).
-const SHOTS = ["index.html", "01-uts.html", "02-pid.html", "04-user.html"];
+const SHOTS = [
+  "index.html",
+  "01-uts.html",
+  "02-pid.html",
+  "04-user.html",
+  "05-net.html",
+  "06-cgroups.html",
+  "07-overlay.html",
+  "08-volumes.html",
+];
 // Without these flags Chromium tries the network (updates, sync, QUIC probes) and fails here.
 const CHROMIUM_ARGS = [
   "--headless",

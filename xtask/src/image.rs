@@ -8,9 +8,18 @@
 
 use crate::{artifacts, as_root, display_path, rootfs, run as run_cmd, target_dir};
 use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const NAME: &str = "example";
+
+/// Imports the example image unless it is there already.
+pub fn ensure() -> Result<()> {
+    match std::path::Path::new("/var/lib/workshop/images").join(NAME).exists() {
+        true => Ok(()),
+        false => run(),
+    }
+}
 
 pub fn run() -> Result<()> {
     let steps = artifacts::build_steps()?;
@@ -19,13 +28,30 @@ pub fn run() -> Result<()> {
     let Some(step) = steps.iter().rev().find(|s| s.number >= 7) else {
         bail!("images need step 07 (overlay) or later");
     };
+    let [base, app] = write_layers(&rootfs)?;
+
+    // Replace an older example image, then import the new one (as root).
+    let mut remove = Command::new(&step.bin);
+    remove.args(["image", "rm", NAME]).stderr(std::process::Stdio::null());
+    let _ = as_root(remove)?.status();
+    let mut import = Command::new(&step.bin);
+    import.args(["image", "import", NAME]).arg(&base).arg(&app);
+    run_cmd(&mut as_root(import)?).context("import the example image")?;
+    println!("image {NAME:?}: {} and {}", display_path(&base), display_path(&app));
+    println!("try: sudo {} run --rm --image {NAME} -- sh -c 'cat /app/hello.txt /etc/workshop-release; ls /etc/motd'", display_path(&step.bin));
+    Ok(())
+}
+
+/// Writes the two layers as tars, `target/image/base.tar` and `app.tar`, from
+/// `rootfs` (the book's tests import them too, into a store of their own).
+pub fn write_layers(rootfs: &Path) -> Result<[PathBuf; 2]> {
     let dir = target_dir().join("image");
     let _ = std::fs::remove_dir_all(&dir);
     let (base, app) = (dir.join("base"), dir.join("app"));
     std::fs::create_dir_all(&app)?;
 
     // The base layer: the rootfs and one file the app layer will delete.
-    run_cmd(Command::new("cp").arg("-a").arg(&rootfs).arg(&base))?;
+    run_cmd(Command::new("cp").arg("-a").arg(rootfs).arg(&base))?;
     std::fs::write(base.join("etc/motd"), "Welcome to the workshop's example image (base layer).\n")?;
     // The app layer: a new file, a changed file, a deleted file.
     std::fs::create_dir_all(app.join("app"))?;
@@ -42,19 +68,5 @@ pub fn run() -> Result<()> {
             .arg(dir.join(layer));
         run_cmd(cmd.arg("."))?;
     }
-
-    // Replace an older example image, then import the new one (as root).
-    let mut remove = Command::new(&step.bin);
-    remove.args(["image", "rm", NAME]).stderr(std::process::Stdio::null());
-    let _ = as_root(remove)?.status();
-    let mut import = Command::new(&step.bin);
-    import.args(["image", "import", NAME]).arg(dir.join("base.tar")).arg(dir.join("app.tar"));
-    run_cmd(&mut as_root(import)?).context("import the example image")?;
-    println!(
-        "image {NAME:?}: {} and {}",
-        display_path(&dir.join("base.tar")),
-        display_path(&dir.join("app.tar"))
-    );
-    println!("try: sudo {} run --rm --image {NAME} -- sh -c 'cat /app/hello.txt /etc/workshop-release; ls /etc/motd'", display_path(&step.bin));
-    Ok(())
+    Ok([dir.join("base.tar"), dir.join("app.tar")])
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 pub const DIR: &str = "/run/workshop/containers";
 
+// ANCHOR: create
 /// Removed when dropped, after everything the container owned is gone.
 pub struct Record(PathBuf);
 
@@ -27,13 +28,16 @@ pub fn create(id: &str) -> Result<Record> {
     writeln!(file, "{me}").with_context(|| format!("write {}", path.display()))?;
     Ok(Record(path))
 }
+// ANCHOR_END: create
 
+// ANCHOR: is_live
 /// Whether the runtime that recorded container `id` is still running.
 pub fn is_live(id: &str) -> bool {
     let text = std::fs::read_to_string(PathBuf::from(DIR).join(id)).unwrap_or_default();
     let pid = text.split_whitespace().next().and_then(|pid| pid.parse().ok());
     !text.is_empty() && pid.and_then(process::identity).as_deref() == Some(text.trim())
 }
+// ANCHOR_END: is_live
 
 /// Forgets the records of runtimes that are gone.
 pub fn remove_stale() {

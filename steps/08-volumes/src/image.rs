@@ -38,6 +38,7 @@ fn image_dir(name: &str) -> Result<PathBuf> {
     Ok(Path::new(STORE).join(name))
 }
 
+// ANCHOR: import
 /// `image import NAME LAYER...`: all layers, or nothing (built aside, then renamed into place).
 pub fn import(name: &str, sources: &[PathBuf]) -> Result<()> {
     let dir = image_dir(name)?;
@@ -61,6 +62,7 @@ pub fn import(name: &str, sources: &[PathBuf]) -> Result<()> {
     }
     result
 }
+// ANCHOR_END: import
 
 /// `image ls`: name and number of layers.
 pub fn list() -> Vec<(String, usize)> {
@@ -88,6 +90,7 @@ pub fn remove(name: &str) -> Result<()> {
     std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))
 }
 
+// ANCHOR: extract_tar
 /// Unpacks a tar layer into `layer`, refusing every entry that could write
 /// outside it: nothing outside `layer` is ever touched.
 fn extract_tar(file: &Path, layer: &Path) -> Result<()> {
@@ -157,7 +160,9 @@ fn extract_tar(file: &Path, layer: &Path) -> Result<()> {
     }
     Ok(())
 }
+// ANCHOR_END: extract_tar
 
+// ANCHOR: checks
 /// The entry's path inside the layer: absolute paths and `..` are refused.
 /// None for the layer's root itself (`./`).
 fn checked_relative(path: &Path) -> Result<Option<PathBuf>> {
@@ -187,6 +192,7 @@ fn refuse_symlinked_parents(layer: &Path, relative: &Path, raw: &Path) -> Result
     }
     Ok(())
 }
+// ANCHOR_END: checks
 
 fn remove_existing(path: &Path) -> Result<()> {
     match path.symlink_metadata() {

@@ -21,6 +21,7 @@ const SUBNET: [u8; 3] = [10, 77, 0];
 /// One file per leased address, named like the address (it vanishes at reboot).
 const LEASES: &str = "/run/workshop/ipam";
 
+// ANCHOR: modes
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// Its own eth0 on the workshop bridge, with an address of its own
@@ -30,6 +31,7 @@ pub enum Mode {
     /// The host's network (no network namespace)
     Host,
 }
+// ANCHOR_END: modes
 
 /// What a container has on the host side; dropping it gives it all back.
 pub struct Network {
@@ -39,13 +41,16 @@ pub struct Network {
     veth_created: bool,
 }
 
+// ANCHOR: clone_flags
 pub fn clone_flags(mode: Mode) -> CloneFlags {
     match mode {
         Mode::Host => CloneFlags::empty(),
         Mode::Bridge | Mode::None => CloneFlags::CLONE_NEWNET,
     }
 }
+// ANCHOR_END: clone_flags
 
+// ANCHOR: prepare
 /// Host side, before clone: lease an address and make sure the bridge is up.
 pub fn prepare(mode: Mode, id: &str) -> Result<Network> {
     let mut network = Network { mode, veth: veth_name(id), address: None, veth_created: false };
@@ -56,7 +61,9 @@ pub fn prepare(mode: Mode, id: &str) -> Result<Network> {
     }
     Ok(network)
 }
+// ANCHOR_END: prepare
 
+// ANCHOR: connect
 impl Network {
     /// Host side, after clone: cable the child's namespace to the bridge.
     pub fn connect(&mut self, child: Pid) -> Result<()> {
@@ -82,7 +89,9 @@ impl Network {
         ip(Some(child), &inside)
     }
 }
+// ANCHOR_END: connect
 
+// ANCHOR: drop
 impl Drop for Network {
     /// Runs on every way out of the runtime: give the address back, remove
     /// our veth, and the bridge once no container needs it.
@@ -99,6 +108,7 @@ impl Drop for Network {
         }
     }
 }
+// ANCHOR_END: drop
 
 /// The host end's name: interface names have at most 15 bytes and container
 /// names may be long, so use a hash of the name.
@@ -128,6 +138,7 @@ fn ip(netns: Option<Pid>, commands: &str) -> Result<()> {
     Ok(())
 }
 
+// ANCHOR: bridge
 /// Creates the bridge with the gateway address, unless it is already there.
 fn ensure_bridge() -> Result<()> {
     // Not /sys/class/net: sysfs shows the namespace of whoever mounted it,
@@ -142,7 +153,9 @@ fn ensure_bridge() -> Result<()> {
         &format!("link add {BRIDGE} type bridge\naddr add {gateway} dev {BRIDGE}\nlink set {BRIDGE} up\n"),
     )
 }
+// ANCHOR_END: bridge
 
+// ANCHOR: ipam
 /// All of IPAM happens under a lock on the leases directory, so concurrent
 /// runtimes never hand out the same address.
 fn lock() -> Result<Flock<std::fs::File>> {
@@ -187,3 +200,4 @@ fn live_leases() -> Vec<Ipv4Addr> {
     }
     live
 }
+// ANCHOR_END: ipam

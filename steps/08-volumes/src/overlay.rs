@@ -25,6 +25,7 @@ pub struct Rootfs {
     keep: bool,
 }
 
+// ANCHOR: mount_root
 /// Host side, before clone: make the container's layer and mount the overlay.
 /// `owner` is the container's root as the host sees it (not 0 under --userns).
 pub fn mount_root(id: &str, lowers: &[PathBuf], keep: bool, owner: u32) -> Result<Rootfs> {
@@ -79,6 +80,7 @@ pub fn mount_root(id: &str, lowers: &[PathBuf], keep: bool, owner: u32) -> Resul
     root.mounted = true;
     Ok(root)
 }
+// ANCHOR_END: mount_root
 
 impl Rootfs {
     pub fn merged(&self) -> PathBuf {
@@ -91,6 +93,7 @@ impl Rootfs {
     }
 }
 
+// ANCHOR: drop
 impl Drop for Rootfs {
     fn drop(&mut self) {
         if self.mounted {
@@ -105,6 +108,7 @@ impl Drop for Rootfs {
         }
     }
 }
+// ANCHOR_END: drop
 
 /// Unmounts the roots of containers whose runtime is gone (killed, say), and
 /// removes their layers if they were run with --rm.
@@ -121,6 +125,7 @@ pub fn remove_stale() {
     }
 }
 
+// ANCHOR: diff
 /// `diff ID`: what the container changed, like `docker diff`: A added, C changed, D deleted.
 pub fn diff(id: &str) -> Result<Vec<String>> {
     let dir = Path::new(CONTAINERS).join(id);
@@ -152,6 +157,7 @@ fn walk_changes(upper: &Path, at: &Path, lowers: &[PathBuf], changes: &mut Vec<S
     }
     Ok(())
 }
+// ANCHOR_END: diff
 
 /// `ls`: the containers whose layer was kept.
 pub fn list() -> Vec<String> {
@@ -179,6 +185,7 @@ pub fn remove(id: &str) -> Result<()> {
     std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))
 }
 
+// ANCHOR: whiteouts
 /// overlayfs's whiteout: a character device with device number 0/0.
 pub fn make_whiteout(path: &Path) -> Result<()> {
     mknod(path, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
@@ -199,6 +206,7 @@ pub fn set_opaque(dir: &Path) -> Result<()> {
 pub fn is_opaque(dir: &Path) -> bool {
     xattr::get(dir, OPAQUE).is_some_and(|v| v == b"y")
 }
+// ANCHOR_END: whiteouts
 
 /// Extended attributes, which std does not cover.
 mod xattr {

@@ -28,6 +28,7 @@ pub struct Volume {
     pub read_only: bool,
 }
 
+// ANCHOR: parse
 /// Parses `-v SRC:DST[:ro|:rw]`.
 pub fn parse(spec: &str) -> Result<Volume> {
     let parts: Vec<&str> = spec.split(':').collect();
@@ -60,6 +61,7 @@ pub fn parse(spec: &str) -> Result<Volume> {
     }
     Ok(Volume { source, target, read_only })
 }
+// ANCHOR_END: parse
 
 /// A volume ready to mount: the host directory and where it goes.
 #[derive(Clone, Debug)]
@@ -69,6 +71,7 @@ pub struct Mount {
     read_only: bool,
 }
 
+// ANCHOR: prepare
 /// Host side, before clone: check host directories, make named volumes.
 /// `owner` is the container's root as the host sees it (not 0 under --userns).
 pub fn prepare(volumes: &[Volume], owner: u32) -> Result<Vec<Mount>> {
@@ -95,7 +98,9 @@ pub fn prepare(volumes: &[Volume], owner: u32) -> Result<Vec<Mount>> {
     }
     Ok(mounts)
 }
+// ANCHOR_END: prepare
 
+// ANCHOR: mount_all
 /// Child side, after the mount tree is private and before pivot_root: bind
 /// each source onto its target below `root`.
 pub fn mount_all(root: &Path, mounts: &[Mount]) -> Result<()> {
@@ -124,7 +129,9 @@ pub fn mount_all(root: &Path, mounts: &[Mount]) -> Result<()> {
     }
     Ok(())
 }
+// ANCHOR_END: mount_all
 
+// ANCHOR: make_target
 /// Creates the target's directories inside the root, one by one, refusing
 /// a symlink on the way: the image's `/data -> /etc` must not make us mount
 /// over the wrong place (nor, before pivot_root, over the host's).
@@ -150,6 +157,7 @@ fn make_target(root: &Path, target: &Path) -> Result<PathBuf> {
     }
     Ok(at)
 }
+// ANCHOR_END: make_target
 
 /// `volume ls`.
 pub fn list() -> Vec<String> {

@@ -15,7 +15,12 @@
 //! (chapter 05's bridges and veths never touch the machine's interfaces), a UTS
 //! namespace whose hostname is `workshop-host` (so "the host's hostname" reads the
 //! same everywhere), and a mount namespace that receives the host's mounts but sends
-//! none back, with a fresh tmpfs on /run. They all vanish when the runner exits.
+//! none back, with a fresh tmpfs on /run (IP leases) and on /var/lib/workshop (the
+//! images, container layers and volumes of chapters 07 and 08, with the example
+//! image of `cargo xtask image` imported first). They all vanish when the runner
+//! exits. Only the container records (/run/workshop/containers) are the host's own:
+//! cgroups are machine-wide, and a runtime removes the groups whose record it cannot
+//! find, so every runtime on the machine must see every record.
 //!
 //! `cargo xtask book --bless` rewrites the output of every command whose output
 //! does not match, with what it really printed; matching blocks stay as they are.
@@ -23,6 +28,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,10 +37,16 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::book_dir;
-use crate::{artifacts, as_root, command_line, display_path, is_root, rootfs, target_dir, workspace_root};
+use crate::{
+    artifacts, as_root, command_line, display_path, image, is_root, rootfs, target_dir, workspace_root,
+};
 
 /// The hostname of "the host" while the book's commands run.
 const HOSTNAME: &str = "workshop-host";
+/// The runtimes' container records: the host's, shared with the book's commands.
+const RECORDS: &str = "/run/workshop/containers";
+/// The runtimes' store of images, container layers and volumes: a tmpfs of our own.
+const STORE: &str = "/var/lib/workshop";
 /// A command that runs longer than this is killed and fails.
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The environment of every command (nothing else from ours leaks in).
@@ -56,6 +68,8 @@ pub fn check(bless: bool) -> Result<()> {
     let probe = artifacts::build_probe()?;
     // The default rootfs, whatever WORKSHOP_ROOTFS says: the book's commands use it.
     rootfs::ensure(&rootfs::default_path(), None, &probe)?;
+    // The example image's layers (`cargo xtask image`), imported as root below.
+    image::write_layers(&rootfs::default_path())?;
 
     let mut cmd = Command::new(xtask_exe()?);
     cmd.arg("book-commands").current_dir(workspace_root());
@@ -99,6 +113,7 @@ pub fn run_as_root(bless: bool) -> Result<()> {
         bail!("book-commands runs the book's commands and must run as root");
     }
     sandbox()?;
+    import_example_image()?;
     let (mut commands, mut failed, mut blessed) = (0, 0, 0);
     for file in markdown_files(&book_dir().join("src"))? {
         let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
@@ -333,6 +348,8 @@ struct Ran {
 /// Make this process's own namespaces for the commands (see the module comment).
 fn sandbox() -> Result<()> {
     let c = |s: &str| CString::new(s).expect("no NUL");
+    std::fs::create_dir_all(RECORDS).with_context(|| format!("mkdir {RECORDS}"))?;
+    std::fs::create_dir_all(STORE).with_context(|| format!("mkdir {STORE}"))?;
     // SAFETY: plain system calls with valid C strings; we are single-threaded here,
     // as unshare(CLONE_NEWNS) requires.
     unsafe {
@@ -345,11 +362,25 @@ fn sandbox() -> Result<()> {
         if libc::mount(std::ptr::null(), c("/").as_ptr(), std::ptr::null(), flags, std::ptr::null()) != 0 {
             return Err(std::io::Error::last_os_error()).context("make / a slave mount");
         }
+        // The host's container records, kept open (in our copy of its mounts) to be
+        // bound into our own /run below.
+        let records = std::fs::File::open(RECORDS).with_context(|| format!("open {RECORDS}"))?;
+        let records_fd = c(&format!("/proc/self/fd/{}", records.as_raw_fd()));
         // IP leases, `ip netns` files and the like land in this /run, not the host's.
         let (tmpfs, run, mode) = (c("tmpfs"), c("/run"), c("mode=755"));
         let flags = libc::MS_NOSUID | libc::MS_NODEV;
         if libc::mount(tmpfs.as_ptr(), run.as_ptr(), tmpfs.as_ptr(), flags, mode.as_ptr().cast()) != 0 {
             return Err(std::io::Error::last_os_error()).context("mount a tmpfs on /run");
+        }
+        std::fs::create_dir_all(RECORDS).with_context(|| format!("mkdir {RECORDS} in our /run"))?;
+        let (none, target) = (std::ptr::null(), c(RECORDS));
+        if libc::mount(records_fd.as_ptr(), target.as_ptr(), none, libc::MS_BIND, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error()).context("bind the host's container records");
+        }
+        // Images, container layers and volumes land here, not in the host's store.
+        let store = c(STORE);
+        if libc::mount(tmpfs.as_ptr(), store.as_ptr(), tmpfs.as_ptr(), 0, mode.as_ptr().cast()) != 0 {
+            return Err(std::io::Error::last_os_error()).context("mount a tmpfs on /var/lib/workshop");
         }
         if libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len()) != 0 {
             return Err(std::io::Error::last_os_error()).context("sethostname");
@@ -360,6 +391,22 @@ fn sandbox() -> Result<()> {
     let lo = Command::new("ip").args(["link", "set", "lo", "up"]).status();
     if !lo.is_ok_and(|s| s.success()) {
         bail!("`ip link set lo up` failed in the book's network namespace (is iproute2 installed?)");
+    }
+    Ok(())
+}
+
+/// Imports the example image of `cargo xtask image` into our store, with the newest
+/// step that has images (07 on), from the layers that `check` wrote.
+fn import_example_image() -> Result<()> {
+    let Some(step) = artifacts::steps()?.into_iter().rev().find(|s| s.number >= 7) else {
+        return Ok(()); // no step with images yet, so no chapter uses one
+    };
+    let layers = ["base.tar", "app.tar"].map(|name| target_dir().join("image").join(name));
+    let mut import = Command::new(&step.bin);
+    import.args(["image", "import", image::NAME]).args(&layers);
+    let out = import.output().with_context(|| format!("could not start {}", step.bin.display()))?;
+    if !out.status.success() {
+        bail!("`{}` failed: {}", command_line(&import), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -431,7 +478,8 @@ fn reap_orphans() {
 /// placeholder within one command's output (so "these two are equal" still counts):
 /// 12-hex-digit container ids (<ID1>), namespace inode numbers in `[...]` (<NS1>),
 /// process ids other than 1 after "pid"/"PID"/"/proc/" and in the PID columns of a
-/// `ps` table (<PID1>), MAC addresses (<MAC1>) and times of day or durations like
+/// `ps` table (<PID1>), MAC addresses (<MAC1>), the host ends of veth pairs, named
+/// from the container id (veth3f2a9c1b: <VETH1>), and times of day or durations like
 /// 0:00 and 12:34:56 (<TIME>). Trailing spaces and blank lines do not count.
 pub fn normalise(text: &str) -> String {
     let mut names = Names::default();
@@ -537,6 +585,8 @@ fn normalise_line(line: &str, pid_columns: &[usize], names: &mut Names) -> Strin
         }
         if hex(tok, 12) {
             out.push_str(&names.name("ID", tok));
+        } else if tok.strip_prefix("veth").is_some_and(|rest| hex(rest, 8)) {
+            out.push_str(&names.name("VETH", tok));
         } else if digits(tok) && i > 0 && at(i - 1) == "[" && at(i + 1) == "]" && tok.len() >= 6 {
             out.push_str(&names.name("NS", tok));
         } else if digits(tok) && tok != "1" && (after_pid_word(&t, i) || pid_columns.contains(&column)) {
@@ -616,6 +666,7 @@ mod tests {
             "link/ether <MAC1> brd <MAC2>"
         );
         assert_eq!(normalise("up 12:34:56, 0:01"), "up <TIME>, <TIME>");
+        assert_eq!(normalise("veth3f2a9c1b@if2 veth3f2a9c1b vethx"), "<VETH1>@if2 <VETH1> vethx");
         // Not times: a uid range, a port.
         assert_eq!(
             normalise("--userns-remap 100000:65536 10.0.0.1:8080"),

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const ROOT: &str = "/sys/fs/cgroup";
 const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
+// ANCHOR: create
 pub fn create(id: &str, limits: &Limits, dirs: &mut Vec<PathBuf>) -> Result<()> {
     let parent = Path::new(ROOT).join(PARENT);
     enable_controllers(Path::new(ROOT))?;
@@ -36,7 +37,9 @@ pub fn create(id: &str, limits: &Limits, dirs: &mut Vec<PathBuf>) -> Result<()> 
     }
     Ok(())
 }
+// ANCHOR_END: create
 
+// ANCHOR: enable_controllers
 /// Lets the groups below `group` use memory, cpu and pids.
 fn enable_controllers(group: &Path) -> Result<()> {
     let available = std::fs::read_to_string(group.join("cgroup.controllers")).unwrap_or_default();
@@ -52,9 +55,12 @@ fn enable_controllers(group: &Path) -> Result<()> {
     }
     write(&group.join("cgroup.subtree_control"), "+memory +cpu +pids")
 }
+// ANCHOR_END: enable_controllers
 
+// ANCHOR: oom_kills
 /// How often the OOM killer struck in the group: `oom_kill N` in memory.events.
 pub fn oom_kills(dir: &Path) -> u64 {
     let events = std::fs::read_to_string(dir.join("memory.events")).unwrap_or_default();
     events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()).unwrap_or(0)
 }
+// ANCHOR_END: oom_kills

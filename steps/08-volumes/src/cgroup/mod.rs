@@ -21,6 +21,7 @@ const PARENT: &str = "workshop";
 /// The CPU limit is "QUOTA microseconds of CPU time in every PERIOD".
 const CPU_PERIOD_US: u64 = 100_000;
 
+// ANCHOR: limits
 /// What the flags ask for; None is "no limit".
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Limits {
@@ -34,6 +35,7 @@ impl Limits {
         self.cpus.map(|cpus| (cpus * CPU_PERIOD_US as f64).round() as u64)
     }
 }
+// ANCHOR_END: limits
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Version {
@@ -41,11 +43,13 @@ enum Version {
     V2,
 }
 
+// ANCHOR: detect
 /// Which interface the host has: the filesystem type of /sys/fs/cgroup tells.
 fn detect() -> Result<Version> {
     let fs = statfs("/sys/fs/cgroup").context("statfs /sys/fs/cgroup (is cgroupfs mounted?)")?;
     Ok(if fs.filesystem_type() == CGROUP2_SUPER_MAGIC { Version::V2 } else { Version::V1 })
 }
+// ANCHOR_END: detect
 
 /// A container's group (on v1: its group in each controller's tree).
 /// Dropping it kills what is left inside and removes the group.
@@ -55,6 +59,7 @@ pub struct Cgroup {
     limits: Limits,
 }
 
+// ANCHOR: create
 /// Host side, before clone: make the container's group and write its limits.
 pub fn create(id: &str, limits: Limits) -> Result<Cgroup> {
     let version = detect()?;
@@ -65,7 +70,9 @@ pub fn create(id: &str, limits: Limits) -> Result<Cgroup> {
     }
     Ok(cgroup)
 }
+// ANCHOR_END: create
 
+// ANCHOR: add
 impl Cgroup {
     /// Host side, while the child waits: move it into the group, so that no
     /// instruction of COMMAND runs unlimited.
@@ -96,7 +103,9 @@ impl Cgroup {
         }
     }
 }
+// ANCHOR_END: add
 
+// ANCHOR: remove
 impl Drop for Cgroup {
     fn drop(&mut self) {
         for dir in self.dirs.iter().rev() {
@@ -123,7 +132,9 @@ fn remove_group(dir: &Path) {
         let _ = std::fs::remove_dir(parent);
     }
 }
+// ANCHOR_END: remove
 
+// ANCHOR: remove_stale
 /// Removes the groups of containers whose runtime is gone (killed, say).
 pub fn remove_stale() {
     let roots = match detect() {
@@ -139,6 +150,7 @@ pub fn remove_stale() {
         }
     }
 }
+// ANCHOR_END: remove_stale
 
 /// Writes a cgroup file, saying which one when the kernel refuses.
 fn write(path: &Path, value: &str) -> Result<()> {

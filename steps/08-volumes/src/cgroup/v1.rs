@@ -4,6 +4,7 @@ use super::{write, Limits, CPU_PERIOD_US, PARENT};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
+// ANCHOR: create
 /// The trees we use, in this order: memory, cpu, pids.
 pub const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
@@ -36,9 +37,12 @@ pub fn create(id: &str, limits: &Limits, dirs: &mut Vec<PathBuf>) -> Result<()> 
     }
     Ok(())
 }
+// ANCHOR_END: create
 
+// ANCHOR: oom_kills
 /// How often the OOM killer struck: `oom_kill N` in the memory group's memory.oom_control.
 pub fn oom_kills(dirs: &[PathBuf]) -> u64 {
     let control = std::fs::read_to_string(dirs[0].join("memory.oom_control")).unwrap_or_default();
     control.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()).unwrap_or(0)
 }
+// ANCHOR_END: oom_kills
