@@ -79,10 +79,11 @@ pub fn snapshot() -> Snapshot {
     }
 }
 
-/// The runtimes' parent groups ("workshop") and the groups below them.
+/// The runtimes' parent groups ("workshop") and the groups below them
+/// (v1's freezer tree too: exercise 06's runtime makes its groups there).
 fn workshop_cgroups() -> Vec<String> {
     let mut groups = Vec::new();
-    for tree in ["", "memory", "cpu", "pids"] {
+    for tree in ["", "memory", "cpu", "pids", "freezer"] {
         let parent = Path::new("/sys/fs/cgroup").join(tree).join("workshop");
         if parent.is_dir() {
             groups.push(parent.to_string_lossy().into_owned());
@@ -282,6 +283,12 @@ fn remove_cgroup(dir: &Path, ours: &[i32]) {
     let children = std::fs::read_dir(dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir());
     for child in children.collect::<Vec<_>>() {
         remove_cgroup(&child.path(), ours);
+    }
+    // A frozen process (a `pause` left so) dies of SIGKILL only once thawed.
+    for (file, thawed) in [("freezer.state", "THAWED"), ("cgroup.freeze", "0")] {
+        if dir.join(file).exists() {
+            let _ = std::fs::write(dir.join(file), thawed);
+        }
     }
     for _ in 0..100 {
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();

@@ -1,10 +1,12 @@
 //! The grader: runs each exercise's binary as the step it extends, with the
 //! exercise's own checks, and reports what passed as JSON.
 //!
-//! `grade [--solutions] [NN | NN-name ...] [--not-built NN-name ...]` grades
-//! `NN-name-exercise` (or, with --solutions, `NN-name-solution`) from
-//! WORKSHOP_BIN_DIR, every exercise when none is named; one that did not build
-//! scores nothing. Progress goes to stderr as the tests run;
+//! `grade [--solutions] [--step-checks all|plain|introduced] [NN | NN-name ...]
+//! [--not-built NN-name ...]` grades `NN-name-exercise` (or, with --solutions,
+//! `NN-name-solution`) from WORKSHOP_BIN_DIR, every exercise when none is
+//! named; one that did not build scores nothing. `--step-checks` says which
+//! checks of the step run beside the exercise's own (see `StepChecks`):
+//! a learner's grade runs them all; the `exercises` tier, fewer. Progress goes to stderr as the tests run;
 //! the report is the last line on stdout: one JSON object, described in
 //! TEACHING.md. `cargo xtask grade` builds everything, runs this as root,
 //! saves the report and prints it as a table.
@@ -31,6 +33,38 @@ impl Graded {
     }
 }
 
+/// Which checks of its step an exercise must also pass (they carry no points).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepChecks {
+    /// Every check that applies to the step, and their `--userns` variants:
+    /// what `cargo xtask test` runs against the step itself.
+    All,
+    /// The same checks without their `--userns` variants.
+    Plain,
+    /// Only the checks the step itself introduced, without `--userns`: a
+    /// quick sign that the exercise did not break the step.
+    Introduced,
+}
+
+impl StepChecks {
+    fn parse(text: &str) -> Result<StepChecks> {
+        match text {
+            "all" => Ok(StepChecks::All),
+            "plain" => Ok(StepChecks::Plain),
+            "introduced" => Ok(StepChecks::Introduced),
+            _ => bail!("--step-checks is all, plain or introduced, not {text:?}"),
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            StepChecks::All => "all",
+            StepChecks::Plain => "plain",
+            StepChecks::Introduced => "introduced",
+        }
+    }
+}
+
 /// One test of an exercise: one of its own checks, or a check of its step.
 struct Test {
     name: String,
@@ -43,7 +77,7 @@ struct Test {
 
 pub fn main() -> ! {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Args { graded, exercises, not_built } = parse_args(&args).unwrap_or_else(|err| {
+    let Args { graded, exercises, not_built, step_checks } = parse_args(&args).unwrap_or_else(|err| {
         eprintln!("grade: {err:#}");
         std::process::exit(2);
     });
@@ -59,7 +93,10 @@ pub fn main() -> ! {
     let results: Vec<Value> = exercises
         .iter()
         .map(|exercise| match built(&exercise) {
-            true => grade(exercise, steps.next().expect("one step per built exercise"), &workshop),
+            true => {
+                let step = steps.next().expect("one step per built exercise");
+                grade(exercise, step, &workshop, step_checks)
+            }
             false => unbuilt(exercise, graded),
         })
         .collect();
@@ -71,6 +108,7 @@ pub fn main() -> ! {
     let report = json!({
         "version": 1,
         "graded": graded.as_str(),
+        "step_checks": step_checks.as_str(),
         "status": if passed { "pass" } else { "fail" },
         "score": score,
         "max_score": max_score,
@@ -87,12 +125,14 @@ struct Args {
     exercises: Vec<Exercise>,
     /// Names of exercises whose binary did not build.
     not_built: Vec<String>,
+    step_checks: StepChecks,
 }
 
 /// `[--solutions] [NN | NN-name ...] [--not-built NN-name ...]` -> what to grade.
 fn parse_args(args: &[String]) -> Result<Args> {
-    let usage = "usage: grade [--solutions] [NN | NN-name ...] [--not-built NN-name ...]";
+    let usage = "usage: grade [--solutions] [--step-checks all|plain|introduced] [NN | NN-name ...] [--not-built NN-name ...]";
     let mut graded = Graded::Exercise;
+    let mut step_checks = StepChecks::All;
     let mut wanted = Vec::new();
     let mut not_built = Vec::new();
     let mut args = args.iter();
@@ -100,6 +140,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
         match arg.as_str() {
             "--solutions" => graded = Graded::Solution,
             "--not-built" => not_built.push(args.next().context(usage)?.as_str()),
+            "--step-checks" => step_checks = StepChecks::parse(args.next().context(usage)?)?,
             flag if flag.starts_with('-') => bail!("unknown flag {flag}; {usage}"),
             name => wanted.push(name),
         }
@@ -114,7 +155,7 @@ fn parse_args(args: &[String]) -> Result<Args> {
     let not_built = exercises.iter().filter(|e| not_built.iter().any(|n| matches(e, n)));
     let not_built = not_built.map(|e| e.name.to_string()).collect();
     let chosen = exercises.into_iter().filter(|e| wanted.is_empty() || wanted.iter().any(|w| matches(e, w)));
-    Ok(Args { graded, exercises: chosen.collect(), not_built })
+    Ok(Args { graded, exercises: chosen.collect(), not_built, step_checks })
 }
 
 /// "01", "1" and "01-uts" all name exercise 01-uts.
@@ -132,9 +173,10 @@ fn binary(workshop: &Workshop, exercise: &Exercise, graded: Graded) -> Result<St
     Ok(Step { number: exercise.number, name, bin })
 }
 
-/// The exercise's own checks first (they carry the points), then every check
-/// of its step, as `suite::run` would run them against that step.
-fn tests(exercise: &Exercise, step: &Step, workshop: &Workshop) -> Vec<Test> {
+/// The exercise's own checks first (they carry the points), then the checks
+/// of its step that `step_checks` asks for (all: as `suite::run` would run
+/// them against that step).
+fn tests(exercise: &Exercise, step: &Step, workshop: &Workshop, step_checks: StepChecks) -> Vec<Test> {
     let ctx = |userns| Ctx { step: step.clone(), workshop: workshop.clone(), userns };
     let mut tests: Vec<Test> = exercise
         .checks
@@ -147,10 +189,16 @@ fn tests(exercise: &Exercise, step: &Step, workshop: &Workshop) -> Vec<Test> {
             run: g.check.run,
         })
         .collect();
-    let applies = |c: &Check| (c.since..=c.until).contains(&step.number);
+    let applies = |c: &Check| match step_checks {
+        StepChecks::Introduced => c.since == step.number,
+        StepChecks::All | StepChecks::Plain => (c.since..=c.until).contains(&step.number),
+    };
     for check in checks::all().into_iter().filter(applies) {
         for userns in [false, true] {
             if userns && (step.number < suite::USERNS_SINCE || !check.with_userns) {
+                continue;
+            }
+            if userns && step_checks != StepChecks::All {
                 continue;
             }
             let name = format!("{}{}", check.name, if userns { " (--userns)" } else { "" });
@@ -161,10 +209,10 @@ fn tests(exercise: &Exercise, step: &Step, workshop: &Workshop) -> Vec<Test> {
 }
 
 /// Runs one exercise's tests; returns its part of the report.
-fn grade(exercise: &Exercise, step: &Step, workshop: &Workshop) -> Value {
+fn grade(exercise: &Exercise, step: &Step, workshop: &Workshop, step_checks: StepChecks) -> Value {
     eprintln!("\n==> {} ({}): {}", exercise.name, step.bin.display(), exercise.title);
     let mut results = Vec::new();
-    for test in tests(exercise, step, workshop) {
+    for test in tests(exercise, step, workshop, step_checks) {
         eprint!("test {}::{} ... ", step.name, test.name);
         let start = Instant::now();
         let outcome = suite::guarded(&test.ctx, test.run);
@@ -311,5 +359,8 @@ mod tests {
         assert!(args(&["99"]).is_err());
         assert!(args(&["--frobnicate"]).is_err());
         assert!(args(&["--not-built"]).is_err());
+        assert!(args(&["--step-checks", "plain"]).unwrap().step_checks == StepChecks::Plain);
+        assert!(args(&[]).unwrap().step_checks == StepChecks::All);
+        assert!(args(&["--step-checks", "some"]).is_err());
     }
 }

@@ -11,13 +11,17 @@
 //! here with its checks, and one line in `all`.
 
 mod as_user;
+mod commit;
+mod freezer;
 pub mod grade;
 mod init;
 mod ipc;
+mod publish;
 mod read_only;
+mod tmpfs;
 
-use crate::{Check, Ctx, Running};
-use anyhow::{Context, Result};
+use crate::{Check, Ctx, Run, Running};
+use anyhow::{bail, Context, Result};
 
 /// One exercise: the folder `exercises/NAME` (and `solutions/NAME`), the step
 /// it extends (NAME's number) and its graded checks.
@@ -53,7 +57,16 @@ impl Exercise {
 
 /// Every exercise, in the order of the book.
 pub fn all() -> Vec<Exercise> {
-    vec![ipc::exercise(), init::exercise(), read_only::exercise(), as_user::exercise()]
+    vec![
+        ipc::exercise(),
+        init::exercise(),
+        read_only::exercise(),
+        as_user::exercise(),
+        publish::exercise(),
+        freezer::exercise(),
+        commit::exercise(),
+        tmpfs::exercise(),
+    ]
 }
 
 /// Polls `probe` every 10 ms until it gives a value or `seconds` have passed.
@@ -91,6 +104,65 @@ pub(crate) fn ended_early(running: Running) -> anyhow::Error {
             outcome.transcript()
         ),
         Err(err) => err,
+    }
+}
+
+/// The container's first process of a runtime from step 05 on, as the host
+/// sees it, once it runs COMMAND: the child in a UTS namespace of its own
+/// that has exec'd (the runtime's other children, like `ip`, are neither).
+/// Fails at once, with what the run printed, if the runtime exits first.
+pub(crate) fn started(mut running: Running) -> Result<(Running, i32)> {
+    let link = |pid: i32, what: &str| std::fs::read_link(format!("/proc/{pid}/{what}")).ok();
+    let runtime = running.pid();
+    let found = poll(10.0, || {
+        let (uts, exe) = (link(runtime, "ns/uts"), link(runtime, "exe"));
+        let is_container = |&child: &i32| {
+            let (child_uts, child_exe) = (link(child, "ns/uts"), link(child, "exe"));
+            child_uts.is_some() && child_uts != uts && child_exe.is_some() && child_exe != exe
+        };
+        match running.children().into_iter().find(is_container) {
+            Some(pid) => Some(Some(pid)),
+            None if !running.is_running() => Some(None),
+            None => None,
+        }
+    });
+    match found {
+        Some(Some(pid)) => Ok((running, pid)),
+        Some(None) => Err(ended_early(running)),
+        None => {
+            running.signal(libc::SIGKILL)?;
+            let outcome = running.wait()?;
+            bail!("the container did not start its command within 10 s\n{}", outcome.transcript())
+        }
+    }
+}
+
+/// A container kept after it ended (run with `--name`, without `--rm`);
+/// its layer is removed with `rm` when dropped.
+pub(crate) struct Kept<'a> {
+    pub ctx: &'a Ctx,
+    pub name: String,
+}
+
+impl<'a> Kept<'a> {
+    /// A name of this check's own: `LABEL-PID`.
+    pub fn new(ctx: &'a Ctx, label: &str) -> Kept<'a> {
+        Kept { ctx, name: format!("{label}-{}", std::process::id()) }
+    }
+
+    /// `BIN run --name NAME` (kept: no --rm), with `--rootfs` unless `image` is given.
+    pub fn run(&self, image: Option<&str>) -> Run {
+        let run = Run::raw(&self.ctx.step.bin).args(["run", "--net", "none", "--name", &self.name]);
+        match image {
+            Some(image) => run.args(["--image", image]),
+            None => run.arg("--rootfs").arg(&self.ctx.workshop.rootfs),
+        }
+    }
+}
+
+impl Drop for Kept<'_> {
+    fn drop(&mut self) {
+        let _ = Run::raw(&self.ctx.step.bin).args(["rm", &self.name]).output();
     }
 }
 

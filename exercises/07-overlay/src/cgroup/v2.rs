@@ -1,0 +1,66 @@
+//! cgroup v2: one tree, and in each group a file per limit.
+//!
+//! A controller works in a group only if its parent lists it in
+//! `cgroup.subtree_control`, so we switch ours on along the way down.
+
+use super::{write, Limits, CPU_PERIOD_US, PARENT};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+// ANCHOR: create
+pub fn create(id: &str, limits: &Limits, dirs: &mut Vec<PathBuf>) -> Result<()> {
+    let parent = Path::new(ROOT).join(PARENT);
+    enable_controllers(Path::new(ROOT))?;
+    if !parent.exists() {
+        std::fs::create_dir(&parent).with_context(|| format!("mkdir {}", parent.display()))?;
+    }
+    enable_controllers(&parent)?;
+    let dir = parent.join(id);
+    std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    dirs.push(dir.clone());
+
+    if let Some(bytes) = limits.memory_bytes {
+        write(&dir.join("memory.max"), &bytes.to_string())?;
+        // Else the kernel would swap the container out instead of stopping it.
+        if dir.join("memory.swap.max").exists() {
+            write(&dir.join("memory.swap.max"), "0")?;
+        }
+    }
+    if let Some(quota) = limits.cpu_quota_us() {
+        write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+    }
+    if let Some(pids) = limits.pids {
+        write(&dir.join("pids.max"), &pids.to_string())?;
+    }
+    Ok(())
+}
+// ANCHOR_END: create
+
+// ANCHOR: enable_controllers
+/// Lets the groups below `group` use memory, cpu and pids.
+fn enable_controllers(group: &Path) -> Result<()> {
+    let available = std::fs::read_to_string(group.join("cgroup.controllers")).unwrap_or_default();
+    let missing: Vec<&str> =
+        CONTROLLERS.into_iter().filter(|c| !available.split_whitespace().any(|a| a == *c)).collect();
+    if !missing.is_empty() {
+        bail!(
+            "cgroup v2: {} offers no {} controller (it has: {})",
+            group.display(),
+            missing.join(", "),
+            available.trim()
+        );
+    }
+    write(&group.join("cgroup.subtree_control"), "+memory +cpu +pids")
+}
+// ANCHOR_END: enable_controllers
+
+// ANCHOR: oom_kills
+/// How often the OOM killer struck in the group: `oom_kill N` in memory.events.
+pub fn oom_kills(dir: &Path) -> u64 {
+    let events = std::fs::read_to_string(dir.join("memory.events")).unwrap_or_default();
+    events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()).unwrap_or(0)
+}
+// ANCHOR_END: oom_kills

@@ -1,0 +1,258 @@
+//! Step 07: image layers and a union filesystem.
+//!
+//! `07-overlay run [--image NAME | --rootfs DIR] [--rm] [OPTIONS] [--] COMMAND...`
+//! runs COMMAND with a hostname of its own, as PID 1 of its own process tree,
+//! on the image's read-only layers with a writable layer of its own (overlayfs),
+//! with its own network interface on the workshop bridge, within limits on
+//! memory, CPU time and processes; with `--userns`, its root is an
+//! unprivileged user on the host. Read `run` below top to
+//! bottom: it is the container's whole life as the host sees it, and `child`
+//! is the part inside.
+//!
+//! Exercise 07 adds `commit ID NAME`: a finished container's layer becomes
+//! the top layer of a new image (see `commit.rs`, and README.md beside
+//! Cargo.toml).
+
+mod cgroup;
+mod commit;
+mod image;
+mod net;
+mod overlay;
+mod pid;
+mod process;
+mod rootfs;
+mod state;
+mod sync;
+mod user;
+mod uts;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(
+    name = env!("CARGO_BIN_NAME"),
+    about = "Step 07: run a command on read-only image layers, with a writable layer on top (+ overlayfs)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run COMMAND in a new container
+    Run(RunArgs),
+    /// Remove what killed runtimes left behind (cgroups, overlay mounts)
+    Cleanup,
+    /// Show what a container changed: A added, C changed, D deleted
+    Diff { id: String },
+    /// List the containers whose layer was kept (run without --rm)
+    Ls,
+    /// Remove a finished container's layer
+    Rm { id: String },
+    /// Make an image of a finished container: the layers it ran on, and one more with its changes
+    Commit { id: String, name: String },
+    /// Manage images: stacks of read-only layers
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Make an image from layers, bottom first (directories, .tar or .tar.gz files)
+    Import {
+        name: String,
+        #[arg(required = true)]
+        layers: Vec<PathBuf>,
+    },
+    /// List the images
+    Ls,
+    /// Remove an image
+    Rm { name: String },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Hostname inside the container [default: a random 12-digit id, like Docker's]
+    #[arg(long)]
+    hostname: Option<String>,
+    /// The directory that becomes the container's root filesystem (its only read-only layer)
+    #[arg(long, env = "WORKSHOP_ROOTFS", default_value = rootfs::DEFAULT)]
+    rootfs: PathBuf,
+    /// Run on this image's layers; it takes the place of --rootfs (see `image import`)
+    #[arg(long)]
+    image: Option<String>,
+    /// The container's name, used as its id [default: a random 12-digit id]
+    #[arg(long)]
+    name: Option<String>,
+    /// Remove the container's layer when it ends (else `diff` and `rm` can use it)
+    #[arg(long)]
+    rm: bool,
+    /// Give the container a user namespace: root inside, uid 100000 outside
+    #[arg(long)]
+    userns: bool,
+    /// With --userns: map container ids 0..SIZE to host ids START.. [implies --userns]
+    #[arg(long, value_name = "START[:SIZE]", value_parser = user::parse_mapping)]
+    userns_remap: Option<user::Mapping>,
+    /// The container's network
+    #[arg(long, value_enum, default_value_t = net::Mode::Bridge, visible_alias = "network")]
+    net: net::Mode,
+    /// Memory limit, like 64m (b, k, m, g); the kernel kills the container beyond it
+    #[arg(long, value_name = "SIZE", allow_negative_numbers = true, value_parser = cgroup::parse_memory)]
+    memory: Option<u64>,
+    /// CPU limit, in CPUs: 0.5 is half of one CPU's time
+    #[arg(long, value_name = "CPUS", allow_negative_numbers = true, value_parser = cgroup::parse_cpus)]
+    cpus: Option<f64>,
+    /// The most processes (and threads) the container may have at once
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = cgroup::parse_pids)]
+    pids_limit: Option<u64>,
+    /// The command to run, and its arguments
+    #[arg(required = true, trailing_var_arg = true)]
+    command: Vec<String>,
+}
+
+fn main() {
+    let result = match process::parse_args::<Cli>().command {
+        Command::Run(args) => run(args),
+        Command::Cleanup => cleanup(),
+        Command::Diff { id } => overlay::diff(&id).map(|changes| {
+            changes.iter().for_each(|change| println!("{change}"));
+            0
+        }),
+        Command::Ls => {
+            overlay::list().iter().for_each(|id| println!("{id}"));
+            Ok(0)
+        }
+        Command::Rm { id } => overlay::remove(&id).map(|()| 0),
+        Command::Commit { id, name } => commit::commit(&id, &name).map(|()| 0),
+        Command::Image(ImageCommand::Import { name, layers }) => image::import(&name, &layers).map(|()| 0),
+        Command::Image(ImageCommand::Ls) => {
+            image::list().iter().for_each(|(name, layers)| println!("{name}\t{layers} layers"));
+            Ok(0)
+        }
+        Command::Image(ImageCommand::Rm { name }) => image::remove(&name).map(|()| 0),
+    };
+    std::process::exit(process::exit_status(result));
+}
+
+// ANCHOR: run
+/// The host's side: check the input, start the child, wait for it.
+fn run(args: RunArgs) -> Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("creating namespaces needs root: run it with sudo");
+    }
+    let id = args.name.clone().unwrap_or_else(process::random_id);
+    uts::check_hostname(&id)
+        .map_err(|_| anyhow::anyhow!("invalid --name {id:?}: use letters, digits and '-'"))?;
+    let hostname = args.hostname.unwrap_or_else(|| id.clone());
+    uts::check_hostname(&hostname)?;
+    // The read-only layers, bottom first: the image's, or --rootfs as the only one.
+    let mut layers = match &args.image {
+        Some(name) => image::layers(name)?,
+        None => vec![rootfs::check(&args.rootfs)?],
+    };
+    let userns = args.userns_remap.or(args.userns.then_some(user::DEFAULT));
+    if userns.is_some() && args.net == net::Mode::Host {
+        bail!("--net host cannot be combined with --userns: a user namespace may only manage a network namespace of its own");
+    }
+
+    // clone(2) with CLONE_NEWUTS: the child starts in a fresh UTS namespace,
+    // a copy of ours that it may change without anyone else noticing.
+    // CLONE_NEWPID: it is PID 1 of a new PID namespace.
+    // CLONE_NEWNS: it gets a copy of our mount table to change at will.
+    // CLONE_NEWNET: a network stack of its own (except with --net host).
+    let mut flags = CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS;
+    flags |= net::clone_flags(args.net);
+    if let Some(mapping) = userns {
+        // CLONE_NEWUSER: the other namespaces then belong to the new user namespace.
+        flags |= CloneFlags::CLONE_NEWUSER;
+        layers = layers.iter().map(|layer| user::mapped_rootfs(layer, mapping)).collect::<Result<_>>()?;
+    }
+    // What lives outside is recorded first, then made; each part is removed
+    // when dropped, on every way out of this function.
+    let _record = state::create(&id)?;
+    cgroup::remove_stale();
+    let limits = cgroup::Limits { memory_bytes: args.memory, cpus: args.cpus, pids: args.pids_limit };
+    let cgroup = cgroup::create(&id, limits)?;
+    let mut network = net::prepare(args.net, &id)?;
+    let mut root = overlay::mount_root(&id, &layers, !args.rm, userns.map_or(0, |m| m.start))?;
+    let rootfs = root.merged();
+    let mut sync = sync::Sync::new()?;
+    pid::forward_signals()?;
+    let child_pid =
+        process::spawn(flags, || child(&mut sync, userns.is_some(), &hostname, &rootfs, &args.command))?;
+    pid::forward_to(child_pid);
+
+    // The child waits while we do what only the outside can do.
+    if let Err(err) = outside_setup(child_pid, &cgroup, userns, &mut network) {
+        process::stop(child_pid);
+        return Err(err);
+    }
+    sync.release_child()?;
+
+    let status = process::wait_for(child_pid)?;
+    if status == process::RUNTIME_FAILED {
+        root.discard();
+    }
+    if cgroup.oom_killed() {
+        eprintln!(
+            "{}: container killed: out of memory (limit {})",
+            env!("CARGO_BIN_NAME"),
+            cgroup.memory_limit()
+        );
+    }
+    Ok(status)
+}
+
+/// `cleanup`: the groups, overlay mounts and records of runtimes that were killed.
+fn cleanup() -> Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("cleaning up needs root: run it with sudo");
+    }
+    cgroup::remove_stale();
+    overlay::remove_stale();
+    state::remove_stale();
+    Ok(0)
+}
+// ANCHOR_END: run
+
+// ANCHOR: outside_setup
+/// What only the host can do once the child exists.
+fn outside_setup(
+    child_pid: Pid,
+    cgroup: &cgroup::Cgroup,
+    userns: Option<user::Mapping>,
+    network: &mut net::Network,
+) -> Result<()> {
+    cgroup.add(child_pid)?;
+    if let Some(mapping) = userns {
+        user::write_maps(child_pid, mapping)?;
+    }
+    network.connect(child_pid)
+}
+// ANCHOR_END: outside_setup
+
+// ANCHOR: child
+/// The container's side: runs in the new namespaces and becomes COMMAND.
+fn child(
+    sync: &mut sync::Sync,
+    userns: bool,
+    hostname: &str,
+    rootfs: &Path,
+    command: &[String],
+) -> Result<Infallible> {
+    sync.wait_for_parent()?;
+    if userns {
+        user::become_root()?;
+    }
+    uts::set_hostname(hostname)?;
+    rootfs::enter(rootfs)?;
+    rootfs::clean_env(hostname);
+    process::exec(command)
+}
+// ANCHOR_END: child

@@ -1,0 +1,160 @@
+//! Step 05: the network namespace.
+//!
+//! `05-net run [--hostname NAME] [--rootfs DIR] [--userns] [--net MODE] [--] COMMAND...`
+//! runs COMMAND with a hostname of its own, as PID 1 of its own process tree,
+//! in a root filesystem of its own, with its own network interface on the
+//! workshop bridge; with `--userns`, its root is an unprivileged user on the host. Read `run` below top to
+//! bottom: it is the container's whole life as the host sees it, and `child`
+//! is the part inside.
+//!
+//! Exercise 05 adds `-p HOST:CONTAINER`: a TCP port of the container is then
+//! reachable as port HOST of the host side, through a small proxy in the
+//! runtime (see `publish.rs`, and README.md beside Cargo.toml).
+
+mod net;
+mod pid;
+mod process;
+mod publish;
+mod rootfs;
+mod sync;
+mod user;
+mod uts;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser)]
+#[command(name = env!("CARGO_BIN_NAME"), about = "Step 05: run a command with a network of its own (+ network namespace)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run COMMAND in a new container
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Hostname inside the container [default: a random 12-digit id, like Docker's]
+    #[arg(long)]
+    hostname: Option<String>,
+    /// The directory that becomes the container's root filesystem
+    #[arg(long, env = "WORKSHOP_ROOTFS", default_value = rootfs::DEFAULT)]
+    rootfs: PathBuf,
+    /// Give the container a user namespace: root inside, uid 100000 outside
+    #[arg(long)]
+    userns: bool,
+    /// With --userns: map container ids 0..SIZE to host ids START.. [implies --userns]
+    #[arg(long, value_name = "START[:SIZE]", value_parser = user::parse_mapping)]
+    userns_remap: Option<user::Mapping>,
+    /// The container's network
+    #[arg(long, value_enum, default_value_t = net::Mode::Bridge, visible_alias = "network")]
+    net: net::Mode,
+    /// Publish a container's TCP port as a port of the host: HOST:CONTAINER, like 8080:80 (repeatable)
+    #[arg(short = 'p', long = "publish", value_name = "HOST:CONTAINER", value_parser = publish::parse)]
+    publish: Vec<publish::Port>,
+    /// The command to run, and its arguments
+    #[arg(required = true, trailing_var_arg = true)]
+    command: Vec<String>,
+}
+
+fn main() {
+    let Command::Run(args) = process::parse_args::<Cli>().command;
+    std::process::exit(process::exit_status(run(args)));
+}
+
+// ANCHOR: run
+/// The host's side: check the input, start the child, wait for it.
+fn run(args: RunArgs) -> Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("creating namespaces needs root: run it with sudo");
+    }
+    let id = process::random_id();
+    let hostname = args.hostname.unwrap_or_else(|| id.clone());
+    uts::check_hostname(&hostname)?;
+    let mut rootfs = rootfs::check(&args.rootfs)?;
+    let userns = args.userns_remap.or(args.userns.then_some(user::DEFAULT));
+    if userns.is_some() && args.net == net::Mode::Host {
+        bail!("--net host cannot be combined with --userns: a user namespace may only manage a network namespace of its own");
+    }
+    if !args.publish.is_empty() && args.net != net::Mode::Bridge {
+        bail!("--publish needs the bridge network: the proxy forwards to the container's address on it");
+    }
+
+    // clone(2) with CLONE_NEWUTS: the child starts in a fresh UTS namespace,
+    // a copy of ours that it may change without anyone else noticing.
+    // CLONE_NEWPID: it is PID 1 of a new PID namespace.
+    // CLONE_NEWNS: it gets a copy of our mount table to change at will.
+    // CLONE_NEWNET: a network stack of its own (except with --net host).
+    let mut flags = CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS;
+    flags |= net::clone_flags(args.net);
+    if let Some(mapping) = userns {
+        // CLONE_NEWUSER: the other namespaces then belong to the new user namespace.
+        flags |= CloneFlags::CLONE_NEWUSER;
+        rootfs = user::mapped_rootfs(&rootfs, mapping)?;
+    }
+    // The address and the bridge live outside; dropping `network` removes them.
+    let mut network = net::prepare(args.net, &id)?;
+    // The host ports are taken now: one in use is an error before the container exists.
+    let mut proxy = publish::Proxy::bind(&args.publish)?;
+    let mut sync = sync::Sync::new()?;
+    pid::forward_signals()?;
+    let child_pid =
+        process::spawn(flags, || child(&mut sync, userns.is_some(), &hostname, &rootfs, &args.command))?;
+    pid::forward_to(child_pid);
+
+    // The child waits while we do what only the outside can do.
+    if let Err(err) = outside_setup(child_pid, userns, &mut network) {
+        process::stop(child_pid);
+        return Err(err);
+    }
+    sync.release_child()?;
+    // Threads only now: until the clone above, the runtime must be single-threaded.
+    if let Err(err) = proxy.start(network.address()) {
+        process::stop(child_pid);
+        return Err(err);
+    }
+
+    let status = process::wait_for(child_pid);
+    // Before the address goes back to the IPAM (when `network` is dropped).
+    proxy.stop();
+    status
+}
+// ANCHOR_END: run
+
+// ANCHOR: outside_setup
+/// What only the host can do once the child exists.
+fn outside_setup(child_pid: Pid, userns: Option<user::Mapping>, network: &mut net::Network) -> Result<()> {
+    if let Some(mapping) = userns {
+        user::write_maps(child_pid, mapping)?;
+    }
+    network.connect(child_pid)
+}
+// ANCHOR_END: outside_setup
+
+// ANCHOR: child
+/// The container's side: runs in the new namespaces and becomes COMMAND.
+fn child(
+    sync: &mut sync::Sync,
+    userns: bool,
+    hostname: &str,
+    rootfs: &Path,
+    command: &[String],
+) -> Result<Infallible> {
+    sync.wait_for_parent()?;
+    if userns {
+        user::become_root()?;
+    }
+    uts::set_hostname(hostname)?;
+    rootfs::enter(rootfs)?;
+    rootfs::clean_env(hostname);
+    process::exec(command)
+}
+// ANCHOR_END: child

@@ -1,0 +1,55 @@
+//! The container's record on the host, made before anything else it owns.
+//!
+//! It names the runtime that runs the container (pid and start time), so
+//! what a killed runtime left behind can be told from what a live one uses.
+
+use crate::process;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::PathBuf;
+
+pub const DIR: &str = "/run/workshop/containers";
+
+// ANCHOR: create
+/// Removed when dropped, after everything the container owned is gone.
+pub struct Record(PathBuf);
+
+pub fn create(id: &str) -> Result<Record> {
+    std::fs::create_dir_all(DIR).with_context(|| format!("mkdir {DIR}"))?;
+    let me = process::identity(std::process::id()).context("read our own start time")?;
+    let path = PathBuf::from(DIR).join(id);
+    // create_new: two runtimes never share a record (nor a container id).
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path);
+    if file.is_err() && !is_live(id) {
+        let _ = std::fs::remove_file(&path); // a killed runtime's record
+        file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path);
+    }
+    let mut file = file.with_context(|| format!("container {id} is already running"))?;
+    writeln!(file, "{me}").with_context(|| format!("write {}", path.display()))?;
+    Ok(Record(path))
+}
+// ANCHOR_END: create
+
+// ANCHOR: is_live
+/// Whether the runtime that recorded container `id` is still running.
+pub fn is_live(id: &str) -> bool {
+    let text = std::fs::read_to_string(PathBuf::from(DIR).join(id)).unwrap_or_default();
+    let pid = text.split_whitespace().next().and_then(|pid| pid.parse().ok());
+    !text.is_empty() && pid.and_then(process::identity).as_deref() == Some(text.trim())
+}
+// ANCHOR_END: is_live
+
+/// Forgets the records of runtimes that are gone.
+pub fn remove_stale() {
+    for entry in std::fs::read_dir(DIR).into_iter().flatten().flatten() {
+        if !is_live(&entry.file_name().to_string_lossy()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
