@@ -5,7 +5,6 @@
 
 use crate::process;
 use anyhow::{Context, Result};
-use std::io::Write;
 use std::path::PathBuf;
 
 pub const DIR: &str = "/run/workshop/containers";
@@ -18,14 +17,18 @@ pub fn create(id: &str) -> Result<Record> {
     std::fs::create_dir_all(DIR).with_context(|| format!("mkdir {DIR}"))?;
     let me = process::identity(std::process::id()).context("read our own start time")?;
     let path = PathBuf::from(DIR).join(id);
-    // create_new: two runtimes never share a record (nor a container id).
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path);
-    if file.is_err() && !is_live(id) {
+    // Write it whole under a private name, then link it into place: no one
+    // ever reads half a record, and link(2) fails if the name is taken, so
+    // two runtimes never share a record (nor a container id).
+    let draft = PathBuf::from(DIR).join(format!(".{id}.{}", std::process::id()));
+    std::fs::write(&draft, me + "\n").with_context(|| format!("write {}", draft.display()))?;
+    let mut linked = std::fs::hard_link(&draft, &path);
+    if linked.is_err() && !is_live(id) {
         let _ = std::fs::remove_file(&path); // a killed runtime's record
-        file = std::fs::OpenOptions::new().write(true).create_new(true).open(&path);
+        linked = std::fs::hard_link(&draft, &path);
     }
-    let mut file = file.with_context(|| format!("container {id} is already running"))?;
-    writeln!(file, "{me}").with_context(|| format!("write {}", path.display()))?;
+    let _ = std::fs::remove_file(&draft);
+    linked.with_context(|| format!("container {id} is already running"))?;
     Ok(Record(path))
 }
 // ANCHOR_END: create
