@@ -59,12 +59,17 @@ pub fn mount_root(id: &str, lowers: &[PathBuf], keep: bool, owner: u32) -> Resul
             None => l.to_string_lossy().into_owned(),
         })
         .collect();
-    let data = format!(
+    let mut data = format!(
         "lowerdir={},upperdir={},workdir={}",
         names.join(":"),
         dir.join("upper").display(),
         dir.join("work").display()
     );
+    if !keep {
+        // A layer that is thrown away need not reach the disk: without this,
+        // unmounting waits for a sync of the whole upper filesystem (~40 ms).
+        data.push_str(",volatile");
+    }
     let here = std::env::current_dir().ok();
     if let Some(common) = common {
         std::env::set_current_dir(common).with_context(|| format!("chdir {}", common.display()))?;

@@ -115,14 +115,18 @@ fn host_sees_the_limits(ctx: &Ctx) -> Result<()> {
 
 fn killed_runtimes_group_is_cleaned_up(ctx: &Ctx) -> Result<()> {
     // --net none: this check is about the group (a killed runtime's lease waits for the next run).
-    let running = ctx.run().args(["--net", "none", "--memory", "64m"]).cmd(["sleep", "30"]).spawn()?;
+    let mut running = ctx.run().args(["--net", "none", "--memory", "64m"]).cmd(["sleep", "30"]).spawn()?;
     let container = running.container_pid()?;
     let group = group_of(container, "memory")?;
     running.signal(libc::SIGKILL)?; // the runtime, not the container: nobody cleans up
-    running.wait()?.expect_status(137)?;
+    while running.is_running() {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     ensure!(group.exists(), "control: the group should outlive a SIGKILLed runtime");
     let cleanup = Run::raw(&ctx.step.bin).arg("cleanup").output()?;
     cleanup.expect_status(0)?;
+    // The orphaned container held the runtime's output pipes; cleanup killed it.
+    running.wait()?.expect_status(137)?;
     ensure!(!group.exists(), "`cleanup` left the killed runtime's group {}", group.display());
     ensure!(
         !Path::new(&format!("/proc/{container}")).exists() || is_zombie(container),
