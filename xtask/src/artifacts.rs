@@ -112,6 +112,15 @@ pub fn rustflags_var(triple: &str) -> String {
     format!("CARGO_TARGET_{triple}_RUSTFLAGS")
 }
 
+/// `cargo` that links what it builds for `--target <triple>` statically (crt-static).
+/// Pass the same `--target`: the flag then applies to it only, so build scripts and
+/// proc macros (built for the host) stay dynamic, which they must be.
+pub fn cargo_static(triple: &str) -> std::process::Command {
+    let mut cmd = cargo();
+    cmd.env(rustflags_var(triple), "-C target-feature=+crt-static");
+    cmd
+}
+
 /// Where the static probe ends up: `<target>/<triple>/release/probe`.
 pub fn probe_path(triple: &str) -> PathBuf {
     target_dir().join(triple).join("release").join("probe")
@@ -120,13 +129,7 @@ pub fn probe_path(triple: &str) -> PathBuf {
 /// Build the probe as a static binary (it must run inside any rootfs) and check it.
 pub fn build_probe() -> Result<PathBuf> {
     let triple = host_triple()?;
-    // Setting the flag for the explicit --target only keeps build scripts and
-    // proc macros (built for the host) dynamic, which they must be.
-    run_cmd(
-        cargo()
-            .args(["build", "-p", "probe", "--release", "--target", &triple])
-            .env(rustflags_var(&triple), "-C target-feature=+crt-static"),
-    )?;
+    run_cmd(cargo_static(&triple).args(["build", "-p", "probe", "--release", "--target", &triple]))?;
     let probe = probe_path(&triple);
     check_static(&probe)?;
     Ok(probe)

@@ -66,6 +66,7 @@ pub fn run() -> Result<()> {
     }
     rows.push(probe());
     rows.push(rootfs_built());
+    rows.push(vm());
 
     let table: Vec<Vec<String>> = rows
         .iter()
@@ -251,6 +252,12 @@ fn probe() -> Row {
         }
         Err(err) => row(check, Status::Warn, format!("{err:#}")),
     }
+}
+
+/// The VM tier (`cargo xtask vm-test`): qemu, KVM or software emulation, the kernel package.
+fn vm() -> Row {
+    let (ready, detail) = crate::vm::readiness();
+    row("vm", if ready { Status::Ok } else { Status::Warn }, detail)
 }
 
 fn rootfs_built() -> Row {
