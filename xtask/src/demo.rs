@@ -20,6 +20,8 @@ const SHOW: &[(u32, &str, &str)] = &[
     (4, "Who we are: root, in here (try --userns: still root inside, uid 100000 outside)", "id"),
     (5, "Our network: eth0, with an address of our own on the workshop bridge", "ip addr show eth0"),
     (5, "The bridge on the host side answers", "ping -c 1 -W 1 10.77.0.1"),
+    (7, "A file from the image's app layer, and the base's /etc/motd it deleted", "cat /app/hello.txt; ls /etc/motd"),
+    (8, "Write a file through the volume mounted on /shared", "echo 'written inside the container' > /shared/hello.txt"),
 ];
 
 pub fn run() -> Result<()> {
@@ -33,7 +35,22 @@ pub fn run() -> Result<()> {
     let before = host_hostname()?;
     println!("# On the host, the hostname is {before:?}.");
     println!("# Now we start /bin/sh in a container with the hostname \"demo-container\":");
-    let args = ["run", "--hostname", "demo-container", "--", "/bin/sh", "-c"];
+    let mut args: Vec<String> = ["run", "--rm", "--hostname", "demo-container"].map(String::from).to_vec();
+    if step.number < 7 {
+        args.remove(1); // --rm arrives with step 07's container layers
+    }
+    // From step 07 the demo runs on the example image, from 08 with a volume.
+    let volume = crate::target_dir().join("demo-volume");
+    if step.number >= 7 {
+        crate::image::ensure()?;
+        args.extend(["--image".into(), crate::image::NAME.into()]);
+    }
+    if step.number >= 8 {
+        let _ = std::fs::remove_dir_all(&volume);
+        std::fs::create_dir_all(&volume)?;
+        args.extend(["-v".into(), format!("{}:/shared", volume.display())]);
+    }
+    args.extend(["--", "/bin/sh", "-c"].map(String::from));
     println!("$ {} {} '<the script>'", display_path(&step.bin), args.join(" "));
     println!("# Everything below, up to \"Back on the host\", comes from inside the container.");
     // In a scratch network namespace: from step 05 the runtime makes a bridge
@@ -55,6 +72,16 @@ pub fn run() -> Result<()> {
         bail!("the host's hostname changed from {before:?} to {after:?}: the container was not isolated");
     }
     println!("# Back on the host, the hostname is still {after:?}: unchanged.");
+    if step.number >= 8 {
+        let file = volume.join("hello.txt");
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("the volume's file {}", file.display()))?;
+        println!(
+            "# And the file the container wrote through its volume is on the host, in {}:",
+            display_path(&file)
+        );
+        print!("{text}");
+    }
     Ok(())
 }
 

@@ -104,7 +104,35 @@ fn shorten(text: &str, max: usize) -> String {
 
 /// Builds what grading needs, runs the grader as root, and returns its report.
 /// An exercise that does not build is still in the report, with no points.
+/// Each exercise is graded with every check of its step, as a learner's is.
 pub fn grade(kind: Kind, wanted: &[String]) -> Result<Graded> {
+    grade_with(kind, wanted, StepChecks::All)
+}
+
+/// Which checks of its step each exercise must pass too: the grader's
+/// `--step-checks` (see harness/src/exercises/grade.rs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepChecks {
+    /// All of them, with their --userns variants: a learner's grade.
+    All,
+    /// All of them, without the --userns variants.
+    Plain,
+    /// Those its step introduced, without --userns.
+    Introduced,
+}
+
+impl StepChecks {
+    fn as_str(self) -> &'static str {
+        match self {
+            StepChecks::All => "all",
+            StepChecks::Plain => "plain",
+            StepChecks::Introduced => "introduced",
+        }
+    }
+}
+
+/// `grade`, with a choice of the step's checks.
+pub fn grade_with(kind: Kind, wanted: &[String], step_checks: StepChecks) -> Result<Graded> {
     let crates = exercises::select(kind, wanted)?;
     let mut not_built = Vec::new();
     for krate in &crates {
@@ -127,6 +155,9 @@ pub fn grade(kind: Kind, wanted: &[String]) -> Result<Graded> {
         .env("RUST_BACKTRACE", "0");
     if kind == Kind::Solution {
         cmd.arg("--solutions");
+    }
+    if step_checks != StepChecks::All {
+        cmd.args(["--step-checks", step_checks.as_str()]);
     }
     cmd.args(crates.iter().map(|c| &c.name));
     for name in &not_built {
@@ -209,8 +240,15 @@ pub fn hint(exercise: &str, number: Option<usize>, all: bool) -> Result<()> {
 /// The `exercises` tier: every exercise matches its solution outside the
 /// marked regions and has its README.md and hints; every exercise, as
 /// shipped, builds and fails each of its graded checks (fast, with the
-/// todo!() named) while still passing its step's checks; every solution
-/// passes everything; and the student handout builds without solutions/.
+/// todo!() named) while still passing the checks its step introduced; every
+/// solution passes its own checks and every check of its step; and the
+/// student handout builds without solutions/.
+///
+/// To keep the tier to a few minutes, the step checks run without their
+/// `--userns` variants, and the shipped exercises only run the checks their
+/// step introduced (`SHIPPED_STEP_CHECKS`, `SOLVED_STEP_CHECKS`): the
+/// integration tier runs all of them against the steps, and a learner's
+/// `cargo xtask grade` runs all of them against the exercise.
 pub fn self_check() -> Result<()> {
     let (exercises, solutions) = (exercises::list(Kind::Exercise)?, exercises::list(Kind::Solution)?);
     if exercises.is_empty() {
@@ -235,12 +273,18 @@ pub fn self_check() -> Result<()> {
         }
     }
 
-    println!("\n--> the exercises as shipped: each must fail its own checks, and pass its step's");
-    let shipped = grade(Kind::Exercise, &[])?;
+    println!(
+        "\n--> the exercises as shipped: each must fail its own checks, and pass the checks its step \
+         introduced (without --userns; `cargo xtask grade` runs every check of the step)"
+    );
+    let shipped = grade_with(Kind::Exercise, &[], SHIPPED_STEP_CHECKS)?;
     save(&shipped.report, "exercises")?;
     problems.extend(check_shipped(&shipped, &exercises));
-    println!("\n--> the solutions: each must pass everything");
-    let solved = grade(Kind::Solution, &[])?;
+    println!(
+        "\n--> the solutions: each must pass its own checks and every check of its step, without \
+         their --userns variants (`cargo xtask grade --solutions` runs those too)"
+    );
+    let solved = grade_with(Kind::Solution, &[], SOLVED_STEP_CHECKS)?;
     save(&solved.report, "solutions")?;
     problems.extend(check_solved(&solved, &solutions));
     println!("\n--> the student handout: no solutions/, and it builds");
@@ -252,11 +296,17 @@ pub fn self_check() -> Result<()> {
         bail!("{} problem(s):\n{}", problems.len(), problems.join("\n"));
     }
     println!(
-        "\nexercises: {} exercise(s) fail as shipped, their solutions pass, the handout builds",
+        "\nexercises: {} exercise(s) fail as shipped, their solutions pass (step checks without \
+         --userns), the handout builds",
         exercises.len()
     );
     Ok(())
 }
+
+/// The step checks that the self-check runs beside the shipped exercises' own.
+const SHIPPED_STEP_CHECKS: StepChecks = StepChecks::Introduced;
+/// The step checks that the self-check runs beside the solutions' own.
+const SOLVED_STEP_CHECKS: StepChecks = StepChecks::Plain;
 
 fn save(report: &Value, name: &str) -> Result<()> {
     let path = target_dir().join(format!("grade/self-check-{name}.json"));

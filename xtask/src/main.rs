@@ -7,12 +7,19 @@
 //! with root-owned files); only the command that needs root is wrapped in `sudo`.
 
 mod artifacts;
+mod bench;
+mod book;
 mod demo;
 mod doctor;
+mod exercises;
+mod grade;
+mod handout;
+mod image;
 mod mountinfo;
 mod rootfs;
 mod setup;
 mod test;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -44,9 +51,34 @@ enum Task {
     Doctor,
     /// Run the newest step and show off what it isolates.
     Demo,
+    /// Build and import the example layered image of chapter 07 ("example").
+    Image,
+    /// Measure start-to-exit times of every step against runc, unshare and a VM.
+    Bench {
+        /// A few repetitions and no scaling runs (what `cargo xtask test` runs).
+        #[arg(long)]
+        quick: bool,
+        /// Also copy the table and chart into book/src/generated/.
+        #[arg(long)]
+        publish: bool,
+    },
+    /// (internal) The benchmark's measuring half, run as root in a scratch network namespace.
+    #[command(hide = true)]
+    BenchWorker {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long)]
+        rootfs: PathBuf,
+        #[arg(long)]
+        bin_dir: PathBuf,
+        #[arg(long)]
+        quick: bool,
+    },
     /// Run every check of the project, tier by tier, and print a summary.
     Test {
-        /// Run only this tier (repeatable). Tiers: setup, lint, unit, integration.
+        /// Run only this tier (repeatable). Tiers: setup, lint, unit, integration, vm, exercises, book, bench.
         #[arg(long = "tier", value_name = "TIER")]
         tiers: Vec<String>,
         /// Extra arguments for the integration tests (test-name filters, --nocapture, ...).
@@ -55,6 +87,65 @@ enum Task {
     },
     /// Build the step binaries and the static probe, and print their paths.
     Build,
+    /// Run the integration tests in a VM: a Debian kernel under qemu, with pure cgroup v2.
+    VmTest {
+        /// Kernel package (e.g. linux-image-6.12.117+deb12-amd64) or .deb file [default: the newest 6.1].
+        #[arg(long, value_name = "PACKAGE|FILE")]
+        kernel: Option<String>,
+        /// Seconds the whole run in the VM may take [default: 1200].
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
+        /// Every check on every step (the default under software emulation is every check once).
+        #[arg(long)]
+        all: bool,
+        /// Arguments for the harness in the VM (test-name filters, --exact, ...).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build the book (book/): regenerate the step diffs, then run mdbook (installed if missing).
+    Book {
+        /// Also run every command of the book as root and write its real output into the markdown.
+        #[arg(long)]
+        bless: bool,
+        /// Open the built book in a browser.
+        #[arg(long)]
+        open: bool,
+    },
+    /// Grade the exercises (or their solutions): a table, and a JSON report for a classroom.
+    Grade {
+        /// Which exercises: 01, 1 or 01-uts (several may be given) [default: all]
+        exercises: Vec<String>,
+        /// Grade the solutions instead of the exercises.
+        #[arg(long)]
+        solutions: bool,
+        /// Grade again whenever a file of the exercise changes (Ctrl-C to stop).
+        #[arg(long)]
+        watch: bool,
+        /// Where to write the JSON report [default: target/grade/report.json].
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+    /// Show the hints for an exercise, one at a time.
+    Hint {
+        /// The exercise: 01, 1 or 01-uts.
+        exercise: String,
+        /// Which hint [default: the first].
+        number: Option<usize>,
+        /// Show all of them at once.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Write a copy of the workshop for students: without solutions/, and a workspace that builds without them.
+    Handout {
+        /// The directory to write it to (new or empty).
+        dir: PathBuf,
+    },
+    /// (Used by `book`: runs the book's commands as root, in namespaces of their own.)
+    #[command(name = "book-commands", hide = true)]
+    BookCommands {
+        #[arg(long)]
+        bless: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,8 +155,22 @@ fn main() -> ExitCode {
         Task::Rootfs { from, out } => rootfs::run(from, out),
         Task::Doctor => doctor::run(),
         Task::Demo => demo::run(),
+        Task::Image => image::run(),
+        Task::Bench { quick, publish } => bench::run(quick, publish),
+        Task::BenchWorker { out, bundle, rootfs, bin_dir, quick } => {
+            bench::worker(bench::Worker { out, bundle, rootfs, bin_dir, quick })
+        }
         Task::Test { tiers, args } => test::run(&tiers, &args),
         Task::Build => artifacts::run(),
+        Task::VmTest { kernel, timeout, all, args } => vm::run(&vm::Options { kernel, timeout, all, args }),
+        Task::Book { bless, open } => book::run(bless, open),
+        Task::BookCommands { bless } => book::commands_task(bless),
+        Task::Grade { exercises, solutions, watch, report } => {
+            let kind = if solutions { exercises::Kind::Solution } else { exercises::Kind::Exercise };
+            grade::run(&exercises, kind, report, watch)
+        }
+        Task::Hint { exercise, number, all } => grade::hint(&exercise, number, all),
+        Task::Handout { dir } => handout::run(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -44,6 +44,10 @@ pub const TIERS: &[Tier] = &[
     Tier { name: "lint",        needs: &[],        run: tier_lint },
     Tier { name: "unit",        needs: &[],        run: tier_unit },
     Tier { name: "integration", needs: &["setup"], run: tier_integration },
+    Tier { name: "vm",          needs: &["setup"], run: tier_vm },
+    Tier { name: "exercises",   needs: &["setup"], run: tier_exercises },
+    Tier { name: "book",        needs: &["setup"], run: tier_book },
+    Tier { name: "bench",       needs: &["setup"], run: tier_bench },
 ];
 
 /// The tier that receives the extra arguments.
@@ -118,6 +122,32 @@ fn tier_setup(_args: &[String]) -> Outcome {
     setup::run().into()
 }
 
+/// The book: generated diffs, includes, mdbook build and links, every console command
+/// run as root and compared, the rendered pages in headless Chromium (see xtask/src/book.rs).
+fn tier_book(_args: &[String]) -> Outcome {
+    crate::book::tier().into()
+}
+
+/// The benchmark's quick mode: every step, runc and the floor measured a few
+/// times (the numbers are printed, not judged: speed is measured, not asserted).
+fn tier_bench(_args: &[String]) -> Outcome {
+    crate::bench::run(true, false).into()
+}
+
+/// The exercises fail as shipped, their solutions pass, the student handout builds
+/// (see xtask/src/grade.rs). A student copy has no solutions to check against.
+fn tier_exercises(_args: &[String]) -> Outcome {
+    if crate::exercises::list(crate::exercises::Kind::Solution).is_ok_and(|s| s.is_empty()) {
+        return Outcome::CouldNotRun(
+            "no solutions/ here (a student copy?): grade with `cargo xtask grade`".into(),
+        );
+    }
+    if !is_root() && !sudo_available() {
+        return Outcome::CouldNotRun("grading runs containers: it needs root, and there is no sudo".into());
+    }
+    crate::grade::self_check().into()
+}
+
 fn tier_lint(_args: &[String]) -> Outcome {
     // Run both, so one round shows every problem.
     let fmt = run_cmd(cargo().args(["fmt", "--all", "--check"]));
@@ -136,6 +166,12 @@ fn tier_unit(_args: &[String]) -> Outcome {
         Outcome::Passed => run_cmd(cargo().args(["test", "-p", "harness", "--lib"])).into(),
         failed => failed,
     }
+}
+
+/// The integration tests in a VM: a stock Debian kernel under qemu, pure cgroup v2
+/// (see xtask/src/vm.rs; `cargo xtask vm-test` runs it alone, with filters).
+fn tier_vm(_args: &[String]) -> Outcome {
+    crate::vm::run(&crate::vm::Options::default()).into()
 }
 
 /// Build everything as the invoking user, then run the harness as root.
