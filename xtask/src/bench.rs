@@ -30,7 +30,9 @@ pub fn run(quick: bool, publish: bool) -> Result<()> {
     let bundle = runc_bundle(&dir, &rootfs)?;
 
     let out = dir.join("results.json");
-    let me = std::env::current_exe()?;
+    // The worker is this program; a copy, as a later cargo build may replace target/debug/xtask.
+    let me = dir.join("xtask-worker");
+    std::fs::copy("/proc/self/exe", &me).context("copy xtask for the worker")?;
     let mut worker = Command::new("unshare");
     worker.args(["--net", "--"]).arg(me).arg("bench-worker").arg("--out").arg(&out);
     worker.arg("--bundle").arg(&bundle).arg("--rootfs").arg(&rootfs);

@@ -617,7 +617,7 @@ mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# No tmpfs on /tmp: the root is a tmpfs already, and the workspace may live below /tmp.
 # Pure cgroup v2: the unified hierarchy alone on /sys/fs/cgroup.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 hostname workshop-vm
