@@ -101,11 +101,12 @@ fn run(args: RunArgs) -> Result<i32> {
         rootfs = user::mapped_rootfs(&rootfs, mapping)?;
     }
     // The address and the bridge live outside; dropping `network` removes them.
+    // Signals first: a Ctrl-C during setup must not end us before the teardown.
+    pid::forward_signals()?;
     let mut network = net::prepare(args.net, &id)?;
     // The host ports are taken now: one in use is an error before the container exists.
     let mut proxy = publish::Proxy::bind(&args.publish)?;
     let mut sync = sync::Sync::new()?;
-    pid::forward_signals()?;
     let child_pid =
         process::spawn(flags, || child(&mut sync, userns.is_some(), &hostname, &rootfs, &args.command))?;
     pid::forward_to(child_pid);

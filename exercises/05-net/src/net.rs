@@ -59,6 +59,7 @@ pub fn prepare(mode: Mode, id: &str) -> Result<Network> {
         network.address = Some(lease(id)?);
         ensure_bridge()?;
     }
+    process::fault("network")?;
     Ok(network)
 }
 // ANCHOR_END: prepare
@@ -86,6 +87,7 @@ impl Network {
                     self.veth, self.veth
                 ),
             )?;
+            process::fault("veth")?;
             let gateway = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 1);
             inside += &format!(
                 "addr add {address}/24 dev eth0\nlink set eth0 up\nroute add default via {gateway}\n"

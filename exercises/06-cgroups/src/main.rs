@@ -44,7 +44,7 @@ struct Cli {
 enum Command {
     /// Run COMMAND in a new container
     Run(RunArgs),
-    /// Remove what killed runtimes left behind (their cgroups)
+    /// Remove what killed runtimes left behind (cgroups, leases)
     Cleanup,
     /// Freeze every process of a running container (ID: its name in /run/workshop/containers)
     Pause { id: String },
@@ -120,6 +120,8 @@ fn run(args: RunArgs) -> Result<i32> {
         flags |= CloneFlags::CLONE_NEWUSER;
         rootfs = user::mapped_rootfs(&rootfs, mapping)?;
     }
+    // Signals first: a Ctrl-C during setup must not end us before the teardown.
+    pid::forward_signals()?;
     // What lives outside is recorded first, then made; each part is removed
     // when dropped, on every way out of this function.
     let _record = state::create(&id)?;
@@ -128,7 +130,6 @@ fn run(args: RunArgs) -> Result<i32> {
     let cgroup = cgroup::create(&id, limits)?;
     let mut network = net::prepare(args.net, &id)?;
     let mut sync = sync::Sync::new()?;
-    pid::forward_signals()?;
     let child_pid =
         process::spawn(flags, || child(&mut sync, userns.is_some(), &hostname, &rootfs, &args.command))?;
     pid::forward_to(child_pid);
@@ -151,12 +152,13 @@ fn run(args: RunArgs) -> Result<i32> {
     Ok(status)
 }
 
-/// `cleanup`: the groups and records of runtimes that were killed.
+/// `cleanup`: the groups, leases and records of runtimes that were killed.
 fn cleanup() -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("cleaning up needs root: run it with sudo");
     }
     cgroup::remove_stale();
+    net::remove_stale();
     state::remove_stale();
     Ok(0)
 }

@@ -33,7 +33,8 @@ pub fn mount_root(id: &str, lowers: &[PathBuf], keep: bool, owner: u32) -> Resul
     if dir.exists() {
         bail!("container {id} exists already (remove it with `rm {id}`)");
     }
-    let mut root = Rootfs { dir: dir.clone(), mounted: false, keep };
+    // Kept only once the container has run (see `keep`).
+    let mut root = Rootfs { dir: dir.clone(), mounted: false, keep: false };
     for sub in ["upper", "work", "merged"] {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("mkdir {}", dir.join(sub).display()))?;
@@ -83,6 +84,7 @@ pub fn mount_root(id: &str, lowers: &[PathBuf], keep: bool, owner: u32) -> Resul
         format!("mount the overlay ({} layers) on {}/merged", lowers.len(), dir.display())
     })?;
     root.mounted = true;
+    crate::process::fault("overlay")?;
     Ok(root)
 }
 // ANCHOR_END: mount_root
@@ -92,9 +94,10 @@ impl Rootfs {
         self.dir.join("merged")
     }
 
-    /// A container that never started leaves no layer behind, --rm or not.
-    pub fn discard(&mut self) {
-        self.keep = false;
+    /// Keep the container's layer for `diff` and `rm` (without --rm): only
+    /// once it has run, so that a container that never started leaves nothing.
+    pub fn keep(&mut self) {
+        self.keep = true;
     }
 }
 

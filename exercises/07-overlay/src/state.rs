@@ -29,7 +29,9 @@ pub fn create(id: &str) -> Result<Record> {
     }
     let _ = std::fs::remove_file(&draft);
     linked.with_context(|| format!("container {id} is already running"))?;
-    Ok(Record(path))
+    let record = Record(path);
+    process::fault("record")?;
+    Ok(record)
 }
 // ANCHOR_END: create
 

@@ -49,6 +49,8 @@ pub fn enter(rootfs: &Path, volumes: &[volume::Mount], tmpfs: &[volume::Tmpfs]) 
         volume::mount_tmpfs(rootfs, tmpfs)?;
     }
 
+    crate::process::fault("mounts")?;
+
     // Swap the roots: "." becomes /, the old root is stacked on top of it
     // and detached at once, so nothing of the host stays reachable.
     chdir(rootfs).context("chdir into the rootfs")?;

@@ -19,6 +19,7 @@ static RECEIVED: AtomicU32 = AtomicU32::new(0);
 // ANCHOR: forward
 /// Installs the handlers. Call it before the child exists, so that no
 /// signal can kill the runtime and leave an orphaned container behind.
+/// (From step 05 on, before anything outside is made: the teardown must run.)
 pub fn forward_signals() -> Result<()> {
     let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGALRM] {

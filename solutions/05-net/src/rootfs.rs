@@ -43,6 +43,8 @@ pub fn enter(rootfs: &Path) -> Result<()> {
     mount_fs("sysfs", &target(rootfs, "sys")?, read_only, None)?;
     mount_dev(rootfs)?;
 
+    crate::process::fault("mounts")?;
+
     // Swap the roots: "." becomes /, the old root is stacked on top of it
     // and detached at once, so nothing of the host stays reachable.
     chdir(rootfs).context("chdir into the rootfs")?;

@@ -47,7 +47,7 @@ struct Cli {
 enum Command {
     /// Run COMMAND in a new container
     Run(RunArgs),
-    /// Remove what killed runtimes left behind (cgroups, overlay mounts)
+    /// Remove what killed runtimes left behind (cgroups, overlay mounts, leases)
     Cleanup,
     /// Show what a container changed: A added, C changed, D deleted
     Diff { id: String },
@@ -173,6 +173,8 @@ fn run(args: RunArgs) -> Result<i32> {
         flags |= CloneFlags::CLONE_NEWUSER;
         layers = layers.iter().map(|layer| user::mapped_rootfs(layer, mapping)).collect::<Result<_>>()?;
     }
+    // Signals first: a Ctrl-C during setup must not end us before the teardown.
+    pid::forward_signals()?;
     // What lives outside is recorded first, then made; each part is removed
     // when dropped, on every way out of this function.
     let _record = state::create(&id)?;
@@ -183,7 +185,6 @@ fn run(args: RunArgs) -> Result<i32> {
     let mut root = overlay::mount_root(&id, &layers, !args.rm, userns.map_or(0, |m| m.start))?;
     let rootfs = root.merged();
     let mut sync = sync::Sync::new()?;
-    pid::forward_signals()?;
     let child_pid =
         process::spawn(flags, || child(&mut sync, userns.is_some(), &hostname, &rootfs, &args.command))?;
     pid::forward_to(child_pid);
@@ -196,8 +197,8 @@ fn run(args: RunArgs) -> Result<i32> {
     sync.release_child()?;
 
     let status = process::wait_for(child_pid)?;
-    if status == process::RUNTIME_FAILED {
-        root.discard();
+    if status != process::RUNTIME_FAILED && !args.rm {
+        root.keep();
     }
     if cgroup.oom_killed() {
         eprintln!(
@@ -209,13 +210,14 @@ fn run(args: RunArgs) -> Result<i32> {
     Ok(status)
 }
 
-/// `cleanup`: the groups, overlay mounts and records of runtimes that were killed.
+/// `cleanup`: the groups, overlay mounts, leases and records of runtimes that were killed.
 fn cleanup() -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("cleaning up needs root: run it with sudo");
     }
     cgroup::remove_stale();
     overlay::remove_stale();
+    net::remove_stale();
     state::remove_stale();
     Ok(0)
 }

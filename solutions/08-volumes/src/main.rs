@@ -20,6 +20,7 @@ mod overlay;
 mod pid;
 mod process;
 mod rootfs;
+mod security;
 mod state;
 mod sync;
 mod user;
@@ -47,7 +48,7 @@ struct Cli {
 enum Command {
     /// Run COMMAND in a new container
     Run(RunArgs),
-    /// Remove what killed runtimes left behind (cgroups, overlay mounts)
+    /// Remove what killed runtimes left behind (cgroups, overlay mounts, leases)
     Cleanup,
     /// Show what a container changed: A added, C changed, D deleted
     Diff { id: String },
@@ -126,6 +127,9 @@ struct RunArgs {
     /// The most processes (and threads) the container may have at once
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = cgroup::parse_pids)]
     pids_limit: Option<u64>,
+    /// Hardening: drop every capability of the container's root (ALL is the only value)
+    #[arg(long, value_name = "ALL", value_parser = security::parse_cap_drop)]
+    cap_drop: Option<bool>,
     /// The command to run, and its arguments
     #[arg(required = true, trailing_var_arg = true)]
     command: Vec<String>,
@@ -192,6 +196,8 @@ fn run(args: RunArgs) -> Result<i32> {
         flags |= CloneFlags::CLONE_NEWUSER;
         layers = layers.iter().map(|layer| user::mapped_rootfs(layer, mapping)).collect::<Result<_>>()?;
     }
+    // Signals first: a Ctrl-C during setup must not end us before the teardown.
+    pid::forward_signals()?;
     // What lives outside is recorded first, then made; each part is removed
     // when dropped, on every way out of this function.
     let _record = state::create(&id)?;
@@ -203,9 +209,9 @@ fn run(args: RunArgs) -> Result<i32> {
     let rootfs = root.merged();
     let volumes = volume::prepare(&args.volumes, userns.map_or(0, |m| m.start))?;
     let mut sync = sync::Sync::new()?;
-    pid::forward_signals()?;
     let child_pid = process::spawn(flags, || {
-        child(&mut sync, userns.is_some(), &hostname, &rootfs, &volumes, &args.tmpfs, &args.command)
+        let harden = args.cap_drop.is_some();
+        child(&mut sync, userns.is_some(), &hostname, &rootfs, &volumes, &args.tmpfs, harden, &args.command)
     })?;
     pid::forward_to(child_pid);
 
@@ -217,8 +223,8 @@ fn run(args: RunArgs) -> Result<i32> {
     sync.release_child()?;
 
     let status = process::wait_for(child_pid)?;
-    if status == process::RUNTIME_FAILED {
-        root.discard();
+    if status != process::RUNTIME_FAILED && !args.rm {
+        root.keep();
     }
     if cgroup.oom_killed() {
         eprintln!(
@@ -230,13 +236,14 @@ fn run(args: RunArgs) -> Result<i32> {
     Ok(status)
 }
 
-/// `cleanup`: the groups, overlay mounts and records of runtimes that were killed.
+/// `cleanup`: the groups, overlay mounts, leases and records of runtimes that were killed.
 fn cleanup() -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("cleaning up needs root: run it with sudo");
     }
     cgroup::remove_stale();
     overlay::remove_stale();
+    net::remove_stale();
     state::remove_stale();
     Ok(0)
 }
@@ -260,6 +267,7 @@ fn outside_setup(
 
 // ANCHOR: child
 /// The container's side: runs in the new namespaces and becomes COMMAND.
+#[allow(clippy::too_many_arguments)] // the step's list, plus this exercise's tmpfs
 fn child(
     sync: &mut sync::Sync,
     userns: bool,
@@ -267,6 +275,7 @@ fn child(
     rootfs: &Path,
     volumes: &[volume::Mount],
     tmpfs: &[volume::Tmpfs],
+    cap_drop: bool,
     command: &[String],
 ) -> Result<Infallible> {
     sync.wait_for_parent()?;
@@ -276,6 +285,9 @@ fn child(
     uts::set_hostname(hostname)?;
     rootfs::enter(rootfs, volumes, tmpfs)?;
     rootfs::clean_env(hostname);
+    if cap_drop {
+        security::drop_all_capabilities()?;
+    }
     process::exec(command)
 }
 // ANCHOR_END: child

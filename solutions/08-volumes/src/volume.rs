@@ -100,6 +100,7 @@ pub fn prepare(volumes: &[Volume], owner: u32) -> Result<Vec<Mount>> {
         };
         mounts.push(Mount { source: path, target: volume.target.clone(), read_only: volume.read_only });
     }
+    crate::process::fault("volumes")?;
     Ok(mounts)
 }
 // ANCHOR_END: prepare

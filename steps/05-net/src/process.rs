@@ -62,6 +62,17 @@ pub fn exit_status(result: Result<i32>) -> i32 {
     })
 }
 
+// ANCHOR: fault
+/// A switch for the reliability tests: `WORKSHOP_FAULT=STAGE` makes the
+/// runtime fail on purpose at that stage, to prove that its way out cleans up.
+pub fn fault(stage: &str) -> Result<()> {
+    match std::env::var("WORKSHOP_FAULT") {
+        Ok(wanted) if wanted == stage => anyhow::bail!("injected fault at stage {stage} (WORKSHOP_FAULT)"),
+        _ => Ok(()),
+    }
+}
+// ANCHOR_END: fault
+
 // ANCHOR: spawn
 /// Starts `child` in a new process with the namespaces in `flags`.
 pub fn spawn(flags: CloneFlags, mut child: impl FnMut() -> Result<Infallible>) -> Result<Pid> {

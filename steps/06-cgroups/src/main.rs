@@ -39,7 +39,7 @@ struct Cli {
 enum Command {
     /// Run COMMAND in a new container
     Run(RunArgs),
-    /// Remove what killed runtimes left behind (their cgroups)
+    /// Remove what killed runtimes left behind (cgroups, leases)
     Cleanup,
 }
 
@@ -109,6 +109,8 @@ fn run(args: RunArgs) -> Result<i32> {
         flags |= CloneFlags::CLONE_NEWUSER;
         rootfs = user::mapped_rootfs(&rootfs, mapping)?;
     }
+    // Signals first: a Ctrl-C during setup must not end us before the teardown.
+    pid::forward_signals()?;
     // What lives outside is recorded first, then made; each part is removed
     // when dropped, on every way out of this function.
     let _record = state::create(&id)?;
@@ -117,7 +119,6 @@ fn run(args: RunArgs) -> Result<i32> {
     let cgroup = cgroup::create(&id, limits)?;
     let mut network = net::prepare(args.net, &id)?;
     let mut sync = sync::Sync::new()?;
-    pid::forward_signals()?;
     let child_pid =
         process::spawn(flags, || child(&mut sync, userns.is_some(), &hostname, &rootfs, &args.command))?;
     pid::forward_to(child_pid);
@@ -140,12 +141,13 @@ fn run(args: RunArgs) -> Result<i32> {
     Ok(status)
 }
 
-/// `cleanup`: the groups and records of runtimes that were killed.
+/// `cleanup`: the groups, leases and records of runtimes that were killed.
 fn cleanup() -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("cleaning up needs root: run it with sudo");
     }
     cgroup::remove_stale();
+    net::remove_stale();
     state::remove_stale();
     Ok(0)
 }

@@ -59,6 +59,7 @@ pub fn prepare(mode: Mode, id: &str) -> Result<Network> {
         network.address = Some(lease(id)?);
         ensure_bridge()?;
     }
+    process::fault("network")?;
     Ok(network)
 }
 // ANCHOR_END: prepare
@@ -81,6 +82,7 @@ impl Network {
                     self.veth, self.veth
                 ),
             )?;
+            process::fault("veth")?;
             let gateway = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 1);
             inside += &format!(
                 "addr add {address}/24 dev eth0\nlink set eth0 up\nroute add default via {gateway}\n"
@@ -102,13 +104,30 @@ impl Drop for Network {
         if let Some(address) = self.address {
             let Ok(_lock) = lock() else { return };
             let _ = std::fs::remove_file(lease_path(address));
-            if live_leases().is_empty() {
-                let _ = ip(None, &format!("link del {BRIDGE}\n"));
-            }
+            remove_bridge_if_unused();
         }
     }
 }
 // ANCHOR_END: drop
+
+// ANCHOR: remove_stale
+/// For `cleanup`: forget the leases of killed runtimes (their veths went with
+/// their namespaces), and remove the bridge if no container is left on it.
+pub fn remove_stale() {
+    if !std::path::Path::new(LEASES).exists() {
+        return; // no container ever had a lease since boot
+    }
+    let Ok(_lock) = lock() else { return };
+    remove_bridge_if_unused();
+}
+
+/// Removes the bridge when no live runtime holds a lease (under the lock).
+fn remove_bridge_if_unused() {
+    if live_leases().is_empty() {
+        let _ = ip(None, &format!("link del {BRIDGE}\n"));
+    }
+}
+// ANCHOR_END: remove_stale
 
 /// The host end's name: interface names have at most 15 bytes and container
 /// names may be long, so use a hash of the name.

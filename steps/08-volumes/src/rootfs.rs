@@ -46,6 +46,8 @@ pub fn enter(rootfs: &Path, volumes: &[volume::Mount]) -> Result<()> {
     // Volumes go in now: the tree is private, and the host's paths still reachable.
     volume::mount_all(rootfs, volumes)?;
 
+    crate::process::fault("mounts")?;
+
     // Swap the roots: "." becomes /, the old root is stacked on top of it
     // and detached at once, so nothing of the host stays reachable.
     chdir(rootfs).context("chdir into the rootfs")?;

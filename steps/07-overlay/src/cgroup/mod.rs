@@ -68,6 +68,7 @@ pub fn create(id: &str, limits: Limits) -> Result<Cgroup> {
         Version::V2 => v2::create(id, &limits, &mut cgroup.dirs)?,
         Version::V1 => v1::create(id, &limits, &mut cgroup.dirs)?,
     }
+    crate::process::fault("cgroup")?;
     Ok(cgroup)
 }
 // ANCHOR_END: create
