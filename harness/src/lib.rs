@@ -7,6 +7,7 @@
 
 pub mod checks;
 pub mod exercises;
+pub mod figures;
 pub mod leaks;
 pub mod probe;
 pub mod run;

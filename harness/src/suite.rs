@@ -15,17 +15,25 @@ pub struct Check {
     pub until: u8,
     /// Whether it also runs with `--userns` (from step 04 on).
     pub with_userns: bool,
+    /// An escape attempt from inside (counted for the book's reliability page).
+    pub escape: bool,
     pub run: fn(&Ctx) -> Result<()>,
 }
 
 impl Check {
     pub const fn new(since: u8, name: &'static str, run: fn(&Ctx) -> Result<()>) -> Check {
-        Check { name, since, until: u8::MAX, with_userns: true, run }
+        Check { name, since, until: u8::MAX, with_userns: true, escape: false, run }
     }
 
     /// For a limitation that a later step fixes (like `ps` in step 02).
     pub const fn until(mut self, last: u8) -> Check {
         self.until = last;
+        self
+    }
+
+    /// For a check that tries to get out of the container (or to reach the host from it).
+    pub const fn escape(mut self) -> Check {
+        self.escape = true;
         self
     }
 
@@ -136,13 +144,19 @@ pub fn run(steps: &[Step], workshop: &Workshop, checks: Vec<Check>) -> ! {
                 }
                 let ctx = Ctx { step: step.clone(), workshop: workshop.clone(), userns };
                 let name = format!("{}{}::{}", step.name, if userns { "+userns" } else { "" }, check.name);
-                let run = check.run;
-                trials.push(Trial::test(name, move || guarded(&ctx, run)));
+                let (run, escape) = (check.run, check.escape);
+                trials.push(Trial::test(name, move || {
+                    if escape {
+                        crate::figures::add(crate::figures::ESCAPES, 1);
+                    }
+                    guarded(&ctx, run)
+                }));
             }
         }
     }
     let conclusion = libtest_mimic::run(&args, trials);
     crate::sandbox::stop();
+    crate::figures::save();
     conclusion.exit()
 }
 
@@ -153,6 +167,7 @@ pub fn guarded(ctx: &Ctx, check: fn(&Ctx) -> Result<()>) -> Result<(), Failed> {
     let result = check(ctx);
     let leaked = leaks::snapshot().leaks_since(&before);
     leaks::reclaim(&leaked);
+    crate::figures::add(crate::figures::LEAKS, leaked.len() as u64);
     let mut report: Vec<String> = leaked.iter().map(|l| format!("LEAK: {l}")).collect();
     if let Err(err) = result {
         report.insert(0, format!("{err:#}"));

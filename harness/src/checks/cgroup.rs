@@ -22,8 +22,30 @@ pub fn checks() -> Vec<Check> {
 
 fn a_memory_hog_is_oom_killed(ctx: &Ctx) -> Result<()> {
     let outcome = ctx.run().args(["--memory", "32m"]).cmd(["/bin/probe", "--alloc-mib", "100"]).output()?;
-    outcome.expect_status(137)?.expect_one_error_line(&["container killed: out of memory (limit 32 MiB)"])?;
+    outcome
+        .expect_status(137)
+        .and_then(|o| o.expect_one_error_line(&["container killed: out of memory (limit 32 MiB)"]))
+        .with_context(memory_facts)?;
     Ok(())
+}
+
+/// What decides whether a memory hog is OOM-killed, for a failure's message:
+/// swap (and whether the group can limit it), inherited OOM protection, THP.
+fn memory_facts() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_else(|e| format!("({e})"));
+    let swaps = read("/proc/swaps").lines().count().saturating_sub(1);
+    format!(
+        "memory facts: {swaps} swap device(s); memory.memsw (v1 swap limit) {}; memory.swap.max (v2) {}; \
+         our oom_score_adj {}; transparent hugepages {}",
+        if Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists() {
+            "present"
+        } else {
+            "absent"
+        },
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() { "used" } else { "n/a" },
+        read("/proc/self/oom_score_adj").trim(),
+        read("/sys/kernel/mm/transparent_hugepage/enabled").trim(),
+    )
 }
 
 fn the_hog_runs_fine_without_a_limit(ctx: &Ctx) -> Result<()> {
@@ -144,6 +166,7 @@ fn bad_limits_are_125(ctx: &Ctx) -> Result<()> {
     let cases =
         [("--memory", "0"), ("--memory", "12q"), ("--cpus", "-1"), ("--cpus", "abc"), ("--pids-limit", "0")];
     for (flag, value) in cases {
+        crate::figures::add(crate::figures::INPUTS, 1);
         let outcome = ctx.run().args([flag, value]).cmd(["true"]).output()?;
         outcome.expect_status(125)?.expect_one_error_line(&[flag, value])?;
     }

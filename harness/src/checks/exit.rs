@@ -61,6 +61,7 @@ fn bad_flags_are_125_in_one_line(ctx: &Ctx) -> Result<()> {
         (Run::raw(bin).args(["frobnicate"]), &["frobnicate"]),
     ];
     for (run, words) in cases {
+        crate::figures::add(crate::figures::INPUTS, 1);
         run.output()?.expect_status(125)?.expect_one_error_line(words)?;
     }
     Ok(())

@@ -6,15 +6,16 @@ use anyhow::{bail, ensure, Context, Result};
 
 pub fn checks() -> Vec<Check> {
     vec![
-        Check::new(3, "mnt::proc_shows_only_the_container", proc_shows_only_the_container),
+        Check::new(3, "mnt::proc_shows_only_the_container", proc_shows_only_the_container).escape(),
         Check::new(3, "mnt::root_is_the_rootfs", root_is_the_rootfs),
         Check::new(3, "mnt::default_rootfs_is_the_workshops", default_rootfs_is_the_workshops).plain_only(),
-        Check::new(3, "mnt::host_files_are_out_of_reach", host_files_are_out_of_reach),
-        Check::new(3, "mnt::the_chroot_escape_fails", the_chroot_escape_fails),
+        Check::new(3, "mnt::host_files_are_out_of_reach", host_files_are_out_of_reach).escape(),
+        Check::new(3, "mnt::the_chroot_escape_fails", the_chroot_escape_fails).escape(),
         Check::new(3, "mnt::pseudo_filesystems_are_mounted", pseudo_filesystems_are_mounted),
-        Check::new(3, "mnt::nothing_of_the_old_root_is_mounted", nothing_of_the_old_root_is_mounted),
-        Check::new(3, "mnt::mounts_inside_never_reach_the_host", mounts_inside_never_reach_the_host),
-        Check::new(3, "mnt::private_even_when_the_host_is_shared", private_even_when_the_host_is_shared),
+        Check::new(3, "mnt::nothing_of_the_old_root_is_mounted", nothing_of_the_old_root_is_mounted).escape(),
+        Check::new(3, "mnt::mounts_inside_never_reach_the_host", mounts_inside_never_reach_the_host).escape(),
+        Check::new(3, "mnt::private_even_when_the_host_is_shared", private_even_when_the_host_is_shared)
+            .escape(),
         Check::new(3, "mnt::environment_is_clean", environment_is_clean),
         Check::new(3, "errors::bad_rootfs_is_125_in_one_line", bad_rootfs_is_125_in_one_line).plain_only(),
         Check::new(3, "errors::symlinked_mount_point_is_refused", symlinked_mount_point_is_refused)
@@ -164,6 +165,7 @@ fn environment_is_clean(ctx: &Ctx) -> Result<()> {
 
 fn bad_rootfs_is_125_in_one_line(ctx: &Ctx) -> Result<()> {
     let run = |rootfs: &str| ctx.bare().args(["--rootfs", rootfs, "--", "true"]).output();
+    crate::figures::add(crate::figures::INPUTS, 2);
     run("/no/such/rootfs")?
         .expect_status(125)?
         .expect_one_error_line(&["/no/such/rootfs", "cargo xtask rootfs"])?;

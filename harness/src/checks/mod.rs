@@ -5,10 +5,13 @@
 
 mod cgroup;
 mod exit;
+mod faults;
+mod inputs;
 mod mnt;
 mod net;
 mod overlay;
 mod pid;
+mod security;
 mod user;
 mod uts;
 mod volume;
@@ -27,6 +30,9 @@ pub fn all() -> Vec<Check> {
         cgroup::checks(),
         overlay::checks(),
         volume::checks(),
+        inputs::checks(),
+        security::checks(),
+        faults::checks(),
     ]
     .into_iter()
     .flatten()

@@ -193,6 +193,7 @@ fn an_exhausted_pool_is_125(ctx: &Ctx) -> Result<()> {
 }
 
 fn bad_net_is_125(ctx: &Ctx) -> Result<()> {
+    crate::figures::add(crate::figures::INPUTS, 2);
     ctx.run()
         .args(["--net", "bogus"])
         .cmd(["true"])

@@ -17,7 +17,8 @@ pub fn checks() -> Vec<Check> {
         Check::new(7, "overlay::a_hundred_layers_start", a_hundred_layers_start).plain_only(),
         Check::new(7, "overlay::rm_and_ls_manage_kept_layers", rm_and_ls_manage_kept_layers).plain_only(),
         Check::new(7, "errors::crafted_tars_are_refused_and_touch_nothing", crafted_tars_are_refused)
-            .plain_only(),
+            .plain_only()
+            .escape(),
         Check::new(7, "errors::bad_images_are_125_in_one_line", bad_images_are_125).plain_only(),
     ]
 }
@@ -266,6 +267,7 @@ fn crafted_tars_are_refused(ctx: &Ctx) -> Result<()> {
 }
 
 fn bad_images_are_125(ctx: &Ctx) -> Result<()> {
+    crate::figures::add(crate::figures::INPUTS, 2);
     let outcome = ctx.bare().args(["--image", "no-such-image"]).cmd(["true"]).output()?;
     outcome.expect_status(125)?.expect_one_error_line(&["no-such-image"])?;
     let bad_name = Run::raw(&ctx.step.bin).args(["image", "import", "../evil", "/nonexistent"]).output()?;

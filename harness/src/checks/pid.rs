@@ -37,7 +37,13 @@ fn wait_for_handler(running: &Running, signal: i32) -> Result<()> {
     while Instant::now() < until {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let caught = status.lines().find_map(|l| l.strip_prefix("SigCgt:")).map(str::trim).unwrap_or("0");
-        if u64::from_str_radix(caught, 16).unwrap_or(0) & (1 << (signal - 1)) != 0 {
+        // A shell may catch the signal before its `trap` runs; its first child
+        // (the loop's `sleep`, after the trap) says the trap is in place.
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if u64::from_str_radix(caught, 16).unwrap_or(0) & (1 << (signal - 1)) != 0
+            && !children.trim().is_empty()
+        {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(10));

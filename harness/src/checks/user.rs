@@ -12,7 +12,8 @@ pub fn checks() -> Vec<Check> {
         Check::new(4, "user::files_made_inside_belong_to_the_mapped_uid", files_belong_to_the_mapped_uid)
             .plain_only(),
         Check::new(4, "user::container_root_cannot_mknod_a_block_device", cannot_mknod_a_block_device)
-            .plain_only(),
+            .plain_only()
+            .escape(),
         Check::new(4, "user::userns_remap_picks_the_range", userns_remap_picks_the_range).plain_only(),
         Check::new(4, "user::without_userns_root_is_the_hosts", without_userns_root_is_the_hosts)
             .plain_only(),
@@ -99,6 +100,7 @@ fn without_userns_root_is_the_hosts(ctx: &Ctx) -> Result<()> {
 
 fn bad_userns_remap_is_125(ctx: &Ctx) -> Result<()> {
     for value in ["0", "abc", "100000:0", "4294967295:2"] {
+        crate::figures::add(crate::figures::INPUTS, 1);
         let outcome = ctx.run().arg(format!("--userns-remap={value}")).cmd(["true"]).output()?;
         outcome.expect_status(125)?.expect_one_error_line(&["--userns-remap"])?;
     }

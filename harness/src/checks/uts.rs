@@ -53,6 +53,7 @@ fn changing_it_inside_leaves_the_host_alone(ctx: &Ctx) -> Result<()> {
 fn bad_hostnames_are_125_in_one_line(ctx: &Ctx) -> Result<()> {
     let too_long = "x".repeat(65);
     for name in [too_long.as_str(), "bad_name", "-dash", "dots..", "spa ce", ""] {
+        crate::figures::add(crate::figures::INPUTS, 1);
         // `--hostname=VALUE`, so that "-dash" is a value and not a flag.
         let outcome = ctx.run().arg(format!("--hostname={name}")).cmd(["true"]).output()?;
         outcome.expect_status(125)?.expect_one_error_line(&["hostname"])?;

@@ -13,8 +13,10 @@ pub fn checks() -> Vec<Check> {
     vec![
         Check::new(8, "volume::a_bind_volume_shares_a_host_directory_at_once", bind_volume_shares_at_once),
         Check::new(8, "volume::a_named_volume_outlives_its_container", named_volume_outlives_its_container),
-        Check::new(8, "volume::read_only_volumes_refuse_writes", read_only_volumes_refuse_writes),
-        Check::new(8, "volume::a_symlinked_target_is_refused", a_symlinked_target_is_refused).plain_only(),
+        Check::new(8, "volume::read_only_volumes_refuse_writes", read_only_volumes_refuse_writes).escape(),
+        Check::new(8, "volume::a_symlinked_target_is_refused", a_symlinked_target_is_refused)
+            .plain_only()
+            .escape(),
         Check::new(8, "errors::bad_volume_specs_are_125_in_one_line", bad_volume_specs_are_125).plain_only(),
     ]
 }
@@ -135,9 +137,11 @@ fn bad_volume_specs_are_125(ctx: &Ctx) -> Result<()> {
         &missing,
     ];
     for spec in cases {
+        crate::figures::add(crate::figures::INPUTS, 1);
         let outcome = ctx.run().args(["-v", spec]).cmd(["true"]).output()?;
         outcome.expect_status(125)?.expect_one_error_line(&[]).with_context(|| format!("-v {spec:?}"))?;
     }
+    crate::figures::add(crate::figures::INPUTS, 1);
     let none = Run::raw(&ctx.step.bin).args(["volume", "rm", "no-such-volume"]).output()?;
     none.expect_status(125)?.expect_one_error_line(&["no-such-volume"])?;
     Ok(())
