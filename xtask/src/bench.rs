@@ -2,59 +2,191 @@
 //! `/bin/true`, next to runc, the kernel's floor (`unshare`) and a VM.
 //!
 //! Absolute times drift on a shared machine, so everything is measured in one
-//! run and compared as ratios. The measuring happens in a worker that xtask
+//! run and compared as ratios. The containers are measured by a worker that xtask
 //! starts as root inside a scratch network namespace: the bridge runs never
-//! touch the machine's own interfaces.
+//! touch the machine's own interfaces. The VM is booted by xtask itself, as the
+//! invoking user, like the VM tier boots it (see vm/bench.rs). `--only GROUP`
+//! measures some rows (`--only vm` needs no root and runs no container).
 
-use crate::{artifacts, as_root, cargo, display_path, rootfs, run as run_cmd, target_dir};
+use crate::{artifacts, as_root, cargo, display_path, rootfs, run as run_cmd, setup, target_dir, which};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// `cargo xtask bench [--quick] [--publish]`.
-pub fn run(quick: bool, publish: bool) -> Result<()> {
-    // Release builds: the numbers should be the runtime's, not the debug build's.
-    let steps = artifacts::steps()?;
-    let mut build = cargo();
-    build.args(["build", "--release", "--bins"]);
-    for step in &steps {
-        build.arg("-p").arg(format!("step-{}", step.name));
+/// The groups of rows, for `--only`, in the order they appear.
+pub const GROUPS: &[&str] = &["floor", "steps", "runc", "vm", "scaling"];
+
+/// The groups the worker measures (as root, in its scratch network namespace);
+/// the VM is booted by xtask itself, as the invoking user, like the VM tier does.
+const WORKER_GROUPS: &[&str] = &["floor", "steps", "runc", "scaling"];
+
+const RUNC_LABEL: &str = "runc (same rootfs, no network)";
+
+/// Measured runs per row (after the warm-up runs).
+fn reps(quick: bool) -> usize {
+    if quick {
+        3
+    } else {
+        25
     }
-    run_cmd(&mut build)?;
-    let probe = artifacts::build_probe()?;
-    let rootfs = rootfs::prepare(&probe)?;
+}
+
+/// `cargo xtask bench [--quick] [--publish]`: every row.
+pub fn run(quick: bool, publish: bool) -> Result<()> {
+    run_only(quick, publish, &[])
+}
+
+/// `cargo xtask bench [--quick] [--publish] [--only GROUP,...]`: the rows of these
+/// groups (all of them when `only` is empty).
+pub fn run_only(quick: bool, publish: bool, only: &[String]) -> Result<()> {
+    if let Some(unknown) = only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+        bail!("--only {unknown}: no such group; the groups are {}", GROUPS.join(", "));
+    }
+    if publish && !only.is_empty() {
+        bail!("--publish puts the whole table in the book: run it without --only");
+    }
+    if quick && !only.is_empty() && only.iter().all(|g| g == "scaling") {
+        bail!("--quick makes no scaling runs: run --only scaling without --quick");
+    }
+    let wanted = |group: &str| only.is_empty() || only.iter().any(|g| g == group);
+    let selected: Vec<&str> = GROUPS.iter().copied().filter(|g| wanted(g)).collect();
+    let worker_groups: Vec<&str> = WORKER_GROUPS.iter().copied().filter(|g| wanted(g)).collect();
+
+    // A fresh machine: install what the chosen rows need, as `cargo xtask setup` does
+    // (through sudo, which the worker needs anyway). Not fatal: the rootfs says
+    // clearly that it needs busybox, and runc and the VM become rows that say why
+    // they were not measured.
+    let mut packages = Vec::new();
+    if !worker_groups.is_empty() {
+        packages.extend(["busybox-static", "iproute2"]);
+    }
+    if wanted("runc") {
+        packages.push("runc");
+    }
+    if wanted("vm") {
+        packages.extend(["busybox-static", "qemu-system-x86"]);
+    }
+    if let Err(err) = setup::install(&packages) {
+        println!("bench: {err:#}");
+    }
+
     let dir = target_dir().join("bench");
     std::fs::create_dir_all(&dir)?;
-    let bundle = runc_bundle(&dir, &rootfs)?;
+    // A partial run does not overwrite the last whole table.
+    let out_dir =
+        if only.is_empty() { dir.clone() } else { dir.join(format!("only-{}", selected.join("-"))) };
+    std::fs::create_dir_all(&out_dir)?;
 
-    let out = dir.join("results.json");
+    let mut results = if worker_groups.is_empty() {
+        json!({ "rows": [], "scaling": null })
+    } else {
+        run_worker(&dir, quick, &worker_groups)?
+    };
+    results["reps"] = json!(reps(quick));
+    results["quick"] = json!(quick);
+    if !only.is_empty() {
+        results["only"] = json!(selected);
+    }
+    if wanted("vm") {
+        let row = vm_row(&dir.join("vm"), quick);
+        results["rows"].as_array_mut().context("the worker wrote no rows")?.push(row);
+    }
+
+    let out = out_dir.join("results.json");
+    // Through a new file: an older results.json may be root's (the worker wrote it).
+    let tmp = out_dir.join("results.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(&results)?)?;
+    std::fs::rename(&tmp, &out)?;
+    let table = markdown(&results);
+    std::fs::write(out_dir.join("bench.md"), &table)?;
+    std::fs::write(out_dir.join("bench.svg"), svg(&results))?;
+    println!("\n{table}");
+    println!("written: {}, bench.md, bench.svg", display_path(&out));
+    if publish {
+        let generated = crate::workspace_root().join("book/src/generated");
+        std::fs::copy(out_dir.join("bench.md"), generated.join("bench.md"))?;
+        std::fs::copy(out_dir.join("bench.svg"), generated.join("bench.svg"))?;
+        println!("published to {}", display_path(&generated));
+    }
+    let rows = results["rows"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !rows.iter().any(|r| r["median_ms"].is_number()) {
+        bail!("nothing could be measured (the table says why)");
+    }
+    Ok(())
+}
+
+/// The worker's rows: builds what they run, then starts the worker as root in a
+/// scratch network namespace and reads what it wrote.
+fn run_worker(dir: &Path, quick: bool, groups: &[&str]) -> Result<Value> {
+    if groups.iter().any(|g| ["steps", "scaling"].contains(g)) {
+        // Release builds: the numbers should be the runtime's, not the debug build's.
+        let steps = artifacts::steps()?;
+        let mut build = cargo();
+        build.args(["build", "--release", "--bins"]);
+        for step in &steps {
+            build.arg("-p").arg(format!("step-{}", step.name));
+        }
+        run_cmd(&mut build)?;
+    }
+    let probe = artifacts::build_probe()?;
+    let rootfs = rootfs::prepare(&probe)?;
+    // Without runc its row says so; the bundle needs `runc spec`.
+    let bundle = match groups.contains(&"runc") && which("runc").is_some() {
+        true => Some(runc_bundle(dir, &rootfs)?),
+        false => None,
+    };
+
+    let out = dir.join("worker.json");
+    let _ = std::fs::remove_file(&out);
     // The worker is this program; a copy, as a later cargo build may replace target/debug/xtask.
     let me = dir.join("xtask-worker");
     std::fs::copy("/proc/self/exe", &me).context("copy xtask for the worker")?;
     let mut worker = Command::new("unshare");
     worker.args(["--net", "--"]).arg(me).arg("bench-worker").arg("--out").arg(&out);
-    worker.arg("--bundle").arg(&bundle).arg("--rootfs").arg(&rootfs);
+    worker.arg("--rootfs").arg(&rootfs);
     worker.arg("--bin-dir").arg(target_dir().join("release"));
+    worker.arg("--only").arg(groups.join(","));
+    if let Some(bundle) = &bundle {
+        worker.arg("--bundle").arg(bundle);
+    }
     if quick {
         worker.arg("--quick");
     }
     run_cmd(&mut as_root(worker)?)?;
+    let text = std::fs::read_to_string(&out).with_context(|| format!("read {}", display_path(&out)))?;
+    Ok(serde_json::from_str(&text)?)
+}
 
-    let results: Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
-    let table = markdown(&results);
-    std::fs::write(dir.join("bench.md"), &table)?;
-    std::fs::write(dir.join("bench.svg"), svg(&results))?;
-    println!("\n{table}");
-    println!("written: {}, bench.md, bench.svg", display_path(&out));
-    if publish {
-        let generated = crate::workspace_root().join("book/src/generated");
-        std::fs::copy(dir.join("bench.md"), generated.join("bench.md"))?;
-        std::fs::copy(dir.join("bench.svg"), generated.join("bench.svg"))?;
-        println!("published to {}", display_path(&generated));
+/// The VM row: the VM tier's kernel booted to `/bin/true` and powered off, under
+/// qemu (see vm/bench.rs). One boot with --quick, else a warm-up and `reps` boots.
+///
+/// When it cannot be measured (no qemu, the kernel cannot be prepared for want of apt
+/// or of the Debian mirror, a boot fails), the row says why and the bench goes on.
+/// The VM tier would fail in those cases too, and in `cargo xtask test` it does, for
+/// that same reason: failing the bench as well would report it twice and throw away
+/// the container rows, which are what the bench is for. The VM is a yardstick here,
+/// not something under test.
+fn vm_row(work: &Path, quick: bool) -> Value {
+    let label = |accel: &str| format!("VM: boot, {}, power off{accel}", crate::vm::bench::COMMAND);
+    // A boot under software emulation takes seconds: a few tell the spread well enough.
+    let (warmups, boots) = if quick { (0, 1) } else { (0, 5) };
+    match crate::vm::bench::boot_to_true(work, warmups, boots) {
+        Ok(m) => {
+            let mut row = summary(&label(&format!(" ({})", m.accel)), "vm", &m.times_ms);
+            row["warmups"] = json!(m.warmups);
+            row["kernel"] = json!(m.kernel);
+            row["accel"] = json!(m.accel);
+            row["accel_why"] = json!(m.accel_why);
+            row["console"] = json!(display_path(&m.log));
+            row
+        }
+        Err(err) => {
+            println!("bench: vm: not measured: {err:#}");
+            not_measured(&label(""), "vm", &format!("{err:#}"))
+        }
     }
-    Ok(())
 }
 
 /// An OCI bundle for runc: the workshop rootfs, running /bin/true, with
@@ -64,10 +196,11 @@ fn runc_bundle(dir: &Path, rootfs: &Path) -> Result<PathBuf> {
     if bundle.join("config.json").exists() {
         return Ok(bundle);
     }
+    let runc = which("runc").context("no runc: sudo apt-get install runc")?;
+    let _ = std::fs::remove_dir_all(&bundle); // half made, by an earlier run that failed
     std::fs::create_dir_all(&bundle)?;
     run_cmd(Command::new("cp").arg("-a").arg(rootfs).arg(bundle.join("rootfs")))?;
-    run_cmd(Command::new("runc").arg("spec").current_dir(&bundle))
-        .context("runc spec (apt-get install runc)")?;
+    run_cmd(Command::new(runc).arg("spec").current_dir(&bundle)).context("runc spec")?;
     let path = bundle.join("config.json");
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
     config["process"]["args"] = json!(["/bin/true"]);
@@ -80,10 +213,13 @@ fn runc_bundle(dir: &Path, rootfs: &Path) -> Result<PathBuf> {
 /// What the worker is told: where things are and how much to measure.
 pub struct Worker {
     pub out: PathBuf,
-    pub bundle: PathBuf,
+    /// runc's bundle; None when runc is not installed (its row says so).
+    pub bundle: Option<PathBuf>,
     pub rootfs: PathBuf,
     pub bin_dir: PathBuf,
     pub quick: bool,
+    /// The groups to measure (of WORKER_GROUPS); empty: all of them.
+    pub only: Vec<String>,
 }
 
 /// One measured configuration.
@@ -96,7 +232,8 @@ struct Config {
 /// Runs inside the scratch network namespace, as root.
 pub fn worker(w: Worker) -> Result<()> {
     run_cmd(Command::new("ip").args(["link", "set", "lo", "up"]))?;
-    let reps = if w.quick { 3 } else { 25 };
+    let wanted = |group: &str| w.only.is_empty() || w.only.iter().any(|g| g == group);
+    let reps = reps(w.quick);
     let rootfs = w.rootfs.to_string_lossy().into_owned();
     let mut configs = vec![
         Config {
@@ -110,10 +247,10 @@ pub fn worker(w: Worker) -> Result<()> {
             argv: words("unshare --uts --pid --mount --net --user --map-root-user --fork /bin/true"),
         },
     ];
-    let mut runc_id = 0;
-    #[rustfmt::skip]
-    let runc_argv = |id: usize| vec!["runc".into(), "run".into(), "--bundle".into(), w.bundle.to_string_lossy().into_owned(), format!("workshop-bench-{}-{id}", std::process::id())];
     for step in 1..=8u32 {
+        if !wanted("steps") {
+            break;
+        }
         let Some(bin) = std::fs::read_dir(&w.bin_dir)?.flatten().map(|e| e.path()).find(|p| {
             let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
             name.len() > 3
@@ -149,23 +286,41 @@ pub fn worker(w: Worker) -> Result<()> {
         }
     }
 
+    configs.retain(|config| wanted(config.group));
+
     let mut rows = Vec::new();
     for config in &configs {
         let times = measure(&config.argv, reps)?;
         rows.push(summary(&config.label, config.group, &times));
     }
-    // runc: a fresh container id per run.
-    let mut runc_times = Vec::new();
-    for _ in 0..reps + 2 {
-        runc_id += 1;
-        let t = time_once(&runc_argv(runc_id))?;
-        runc_times.push(t);
+    if wanted("runc") {
+        match (&w.bundle, which("runc")) {
+            (Some(bundle), Some(runc)) => {
+                // A fresh container id per run.
+                let mut runc_times = Vec::new();
+                for id in 0..reps + 2 {
+                    let argv = vec![
+                        runc.to_string_lossy().into_owned(),
+                        "run".into(),
+                        "--bundle".into(),
+                        bundle.to_string_lossy().into_owned(),
+                        format!("workshop-bench-{}-{id}", std::process::id()),
+                    ];
+                    runc_times.push(time_once(&argv)?);
+                }
+                runc_times.drain(..2); // warm-up
+                rows.push(summary(RUNC_LABEL, "runc", &runc_times));
+            }
+            _ => rows.push(not_measured(
+                RUNC_LABEL,
+                "runc",
+                "runc is not installed: `sudo apt-get install runc` (or `sudo cargo xtask setup`)",
+            )),
+        }
     }
-    runc_times.drain(..2); // warm-up
-    rows.push(summary("runc (same rootfs, no network)", "runc", &runc_times));
 
-    let scaling = if w.quick { json!(null) } else { scaling(&w)? };
-    let results = json!({ "reps": reps, "rows": rows, "vm_boot_ms": null, "scaling": scaling });
+    let scaling = if w.quick || !wanted("scaling") { json!(null) } else { scaling(&w)? };
+    let results = json!({ "reps": reps, "rows": rows, "scaling": scaling });
     std::fs::write(&w.out, serde_json::to_string_pretty(&results)?)?;
     Ok(())
 }
@@ -201,6 +356,14 @@ fn measure(argv: &[String], reps: usize) -> Result<Vec<f64>> {
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let at = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[at]
+}
+
+/// A row that could not be measured, and why (the table shows it in place of the numbers).
+fn not_measured(label: &str, group: &str, why: &str) -> Value {
+    json!({
+        "label": label, "group": group, "n": 0,
+        "median_ms": null, "p10_ms": null, "p90_ms": null, "not_measured": why,
+    })
 }
 
 fn summary(label: &str, group: &str, times: &[f64]) -> Value {
@@ -292,30 +455,85 @@ fn row<'a>(results: &'a Value, label_starts: &str) -> Option<&'a Value> {
         .find(|r| r["label"].as_str().is_some_and(|l| l.starts_with(label_starts)))
 }
 
+/// Milliseconds for the table: one decimal below a second, none above.
+fn ms(value: f64) -> String {
+    if value >= 1000.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    }
+}
+
+/// `value / base` with `decimals`, or a dash when there is no base (not measured).
+fn ratio(value: f64, base: Option<f64>, decimals: usize) -> String {
+    match base {
+        Some(base) if base > 0.0 => format!("{:.decimals$}", value / base),
+        _ => "–".to_string(),
+    }
+}
+
+/// Text for a table cell: no line breaks, no column separators.
+fn cell(text: &str) -> String {
+    text.replace('\n', " ").replace('|', "\\|")
+}
+
 /// The table for the book: medians, spread, and ratios to runc and the floor.
 fn markdown(results: &Value) -> String {
-    let runc = row(results, "runc").and_then(|r| r["median_ms"].as_f64()).unwrap_or(f64::NAN);
-    let floor = row(results, "unshare floor (").and_then(|r| r["median_ms"].as_f64()).unwrap_or(f64::NAN);
+    let median = |r: &Value| r["median_ms"].as_f64();
+    let runc = row(results, "runc").and_then(median);
+    let floor = row(results, "unshare floor (").and_then(median);
+    let rows: Vec<&Value> = results["rows"].as_array().map(|r| r.iter().collect()).unwrap_or_default();
     let mut out = String::from("| start to exit of /bin/true | median | p10 to p90 | x runc | x unshare |\n|---|---:|---:|---:|---:|\n");
-    for r in results["rows"].as_array().into_iter().flatten() {
-        let median = r["median_ms"].as_f64().unwrap_or(f64::NAN);
+    for r in &rows {
+        let label = cell(r["label"].as_str().unwrap_or("?"));
+        let Some(m) = median(r) else {
+            let why = r["not_measured"].as_str().unwrap_or("no result");
+            out += &format!("| {label} | not measured: {} | – | – | – |\n", cell(why));
+            continue;
+        };
         out += &format!(
-            "| {} | {:.1} ms | {:.1} to {:.1} | {:.2} | {:.1} |\n",
-            r["label"].as_str().unwrap_or("?"),
-            median,
-            r["p10_ms"].as_f64().unwrap_or(f64::NAN),
-            r["p90_ms"].as_f64().unwrap_or(f64::NAN),
-            median / runc,
-            median / floor
+            "| {label} | {} ms | {} to {} | {} | {} |\n",
+            ms(m),
+            ms(r["p10_ms"].as_f64().unwrap_or(f64::NAN)),
+            ms(r["p90_ms"].as_f64().unwrap_or(f64::NAN)),
+            ratio(m, runc, 2),
+            ratio(m, floor, 1)
         );
     }
-    if let Some(vm) = results["vm_boot_ms"].as_f64() {
-        out += &format!("| a VM: Debian kernel + initramfs to a shell command, under qemu | {vm:.0} ms | | {:.1} | {:.0} |\n", vm / runc, vm / floor);
+    let mut notes = Vec::new();
+    if rows.iter().any(|r| r["group"] != "vm") {
+        notes.push(format!(
+            "{} runs each after two warm-up runs, all in one run of `cargo xtask bench{}`.",
+            results["reps"],
+            if results["quick"] == true { " --quick" } else { "" }
+        ));
     }
-    out += &format!(
-        "\n{} runs each after two warm-up runs, all in one run of `cargo xtask bench`.\n",
-        results["reps"]
-    );
+    if let Some(vm) = rows.iter().find(|r| r["group"] == "vm" && median(r).is_some()) {
+        let accel = vm["accel"].as_str().unwrap_or("?");
+        notes.push(format!(
+            "The VM: {}{}, timed from qemu's start to its exit, of Debian's kernel {} with an \
+             initramfs of a static busybox whose /init runs /bin/true and powers off, under qemu \
+             with {accel}. Why {accel}: {}.",
+            match vm["n"].as_u64().unwrap_or(0) {
+                1 => "1 boot".to_string(),
+                n => format!("{n} boots, each"),
+            },
+            match vm["warmups"].as_u64().unwrap_or(0) {
+                0 => String::new(),
+                1 => " after one warm-up boot".to_string(),
+                n => format!(" after {n} warm-up boots"),
+            },
+            vm["kernel"].as_str().unwrap_or("?"),
+            vm["accel_why"].as_str().unwrap_or("?")
+        ));
+    }
+    if !notes.is_empty() {
+        out += &format!("\n{}\n", notes.join(" "));
+    }
+    if let Some(only) = results["only"].as_array() {
+        let groups: Vec<&str> = only.iter().filter_map(Value::as_str).collect();
+        out += &format!("\nOnly these rows were measured: {} (`--only`).\n", groups.join(", "));
+    }
     let scaling = &results["scaling"];
     if !scaling.is_null() {
         out += "\n| step 08, --net none | median | p10 to p90 |\n|---|---:|---:|\n";
@@ -326,11 +544,11 @@ fn markdown(results: &Value) -> String {
             .chain(scaling["volumes"].as_array().into_iter().flatten())
         {
             out += &format!(
-                "| {} | {:.1} ms | {:.1} to {:.1} |\n",
+                "| {} | {} ms | {} to {} |\n",
                 r["label"].as_str().unwrap_or("?"),
-                r["median_ms"].as_f64().unwrap_or(0.0),
-                r["p10_ms"].as_f64().unwrap_or(0.0),
-                r["p90_ms"].as_f64().unwrap_or(0.0)
+                ms(r["median_ms"].as_f64().unwrap_or(f64::NAN)),
+                ms(r["p10_ms"].as_f64().unwrap_or(f64::NAN)),
+                ms(r["p90_ms"].as_f64().unwrap_or(f64::NAN))
             );
         }
         out += "\n| containers started at once (step 08, bridge) | all done and cleaned up | failed | leases left |\n|---:|---:|---:|---:|\n";
@@ -347,33 +565,132 @@ fn markdown(results: &Value) -> String {
     out
 }
 
-/// A horizontal bar chart of the medians, as plain SVG.
+/// A horizontal bar chart of the medians, as plain SVG. When the rows span more
+/// than two orders of magnitude (a VM next to containers) the axis is logarithmic:
+/// on a linear one every container would be a bar too short to see.
 fn svg(results: &Value) -> String {
     let rows: Vec<&Value> = results["rows"].as_array().map(|r| r.iter().collect()).unwrap_or_default();
-    let max = rows.iter().filter_map(|r| r["median_ms"].as_f64()).fold(1.0, f64::max);
+    let medians: Vec<f64> =
+        rows.iter().filter_map(|r| r["median_ms"].as_f64()).filter(|m| *m > 0.0).collect();
+    let max = medians.iter().copied().fold(1.0, f64::max);
+    let min = medians.iter().copied().fold(max, f64::min);
+    let log = max / min > 100.0;
+    // A log axis from the decade below half the smallest median to the decade above
+    // the largest: every bar is visible, and the decades are the grid lines.
+    let (lo, hi) = ((min / 2.0).log10().floor(), max.log10().ceil());
     let (bar_x, width, line) = (300.0, 420.0, 22.0);
-    let height = line * rows.len() as f64 + 40.0;
+    let length = |median: f64| match log {
+        true => width * ((median.log10() - lo) / (hi - lo)).max(0.0),
+        false => width * median / max,
+    };
+    let top = 30.0;
+    let bottom = top + line * rows.len() as f64;
+    let height = bottom + if log { 30.0 } else { 10.0 };
     let mut out = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"800\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n");
-    out += "<text x=\"10\" y=\"18\" font-weight=\"bold\">Median time from start to exit of /bin/true (ms)</text>\n";
+    let scale = if log { ", logarithmic scale" } else { "" };
+    out += &format!("<text x=\"10\" y=\"18\" font-weight=\"bold\">Median time from start to exit of /bin/true (ms{scale})</text>\n");
+    if log {
+        for decade in lo as i32..=hi as i32 {
+            let value = 10f64.powi(decade);
+            let x = bar_x + length(value);
+            out += &format!(
+                "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom}\" stroke=\"#dddddd\"/>\n"
+            );
+            let text = if decade < 0 { format!("{value}") } else { format!("{value:.0}") };
+            out += &format!(
+                "<text x=\"{x:.1}\" y=\"{:.0}\" text-anchor=\"middle\" fill=\"#555555\">{text}</text>\n",
+                bottom + 16.0
+            );
+        }
+    }
     for (i, r) in rows.iter().enumerate() {
-        let y = 30.0 + i as f64 * line;
-        let median = r["median_ms"].as_f64().unwrap_or(0.0);
+        let y = top + i as f64 * line;
         let color = match r["group"].as_str() {
             Some("runc") => "#d9822b",
             Some("floor") => "#7a7a7a",
+            Some("vm") => "#805ad5",
             _ => "#2b6cb0",
         };
         let label = r["label"].as_str().unwrap_or("?").replace('&', "&amp;").replace('<', "&lt;");
         out += &format!("<text x=\"10\" y=\"{:.0}\">{label}</text>\n", y + 14.0);
+        let Some(median) = r["median_ms"].as_f64() else {
+            out += &format!(
+                "<text x=\"{bar_x}\" y=\"{:.0}\" font-style=\"italic\" fill=\"#555555\">not measured</text>\n",
+                y + 13.0
+            );
+            continue;
+        };
+        let bar = length(median);
         out += &format!(
-            "<rect x=\"{bar_x}\" y=\"{y:.0}\" width=\"{:.1}\" height=\"16\" fill=\"{color}\"/>\n",
-            width * median / max
+            "<rect x=\"{bar_x}\" y=\"{y:.0}\" width=\"{bar:.1}\" height=\"16\" fill=\"{color}\"/>\n"
         );
-        out += &format!(
-            "<text x=\"{:.1}\" y=\"{:.0}\">{median:.1}</text>\n",
-            bar_x + width * median / max + 4.0,
-            y + 13.0
-        );
+        out += &format!("<text x=\"{:.1}\" y=\"{:.0}\">{}</text>\n", bar_x + bar + 4.0, y + 13.0, ms(median));
     }
     out + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results() -> Value {
+        let mut vm = summary("VM: boot, /bin/true, power off (TCG)", "vm", &[4000.0]);
+        vm["warmups"] = json!(0);
+        vm["kernel"] = json!("6.1.0-56-amd64");
+        vm["accel"] = json!("TCG");
+        vm["accel_why"] = json!("no /dev/kvm");
+        json!({
+            "reps": 3, "quick": true, "scaling": null,
+            "rows": [
+                summary("unshare floor (uts,pid,mnt,net)", "floor", &[2.0, 2.0, 2.0]),
+                summary("08-volumes --net none", "steps", &[4.0, 5.0, 6.0]),
+                summary(RUNC_LABEL, "runc", &[20.0, 20.0, 20.0]),
+                vm,
+            ],
+        })
+    }
+
+    #[test]
+    fn the_table_has_ratios_and_the_vm() {
+        let table = markdown(&results());
+        assert!(table.contains("| 08-volumes --net none | 5.0 ms | 4.0 to 6.0 | 0.25 | 2.5 |\n"), "{table}");
+        assert!(
+            table.contains(
+                "| VM: boot, /bin/true, power off (TCG) | 4000 ms | 4000 to 4000 | 200.00 | 2000.0 |\n"
+            ),
+            "{table}"
+        );
+        assert!(table
+            .contains("3 runs each after two warm-up runs, all in one run of `cargo xtask bench --quick`."));
+        assert!(table.contains(
+            "The VM: 1 boot, timed from qemu's start to its exit, of Debian's kernel 6.1.0-56-amd64"
+        ));
+        assert!(table.ends_with("under qemu with TCG. Why TCG: no /dev/kvm.\n"), "{table}");
+    }
+
+    #[test]
+    fn rows_not_measured_say_why() {
+        let mut results = results();
+        results["rows"][2] = not_measured(RUNC_LABEL, "runc", "runc is not installed");
+        results["rows"][3] = not_measured("VM: boot, /bin/true, power off", "vm", "no apt | no mirror");
+        let table = markdown(&results);
+        assert!(table.contains(
+            "| runc (same rootfs, no network) | not measured: runc is not installed | – | – | – |\n"
+        ));
+        assert!(table.contains("| 08-volumes --net none | 5.0 ms | 4.0 to 6.0 | – | 2.5 |\n"), "{table}");
+        assert!(table.contains("not measured: no apt \\| no mirror |"), "{table}");
+        assert!(!table.contains("The VM:"));
+        let chart = svg(&results);
+        assert_eq!(chart.matches("not measured").count(), 2);
+        assert!(!chart.contains("logarithmic"));
+    }
+
+    #[test]
+    fn a_vm_next_to_containers_makes_the_chart_logarithmic() {
+        let chart = svg(&results());
+        assert!(chart.contains("logarithmic scale"));
+        // Decades from 1 ms (below half the floor's 2 ms) to 10 s.
+        assert!(chart.contains(">1</text>") && chart.contains(">10000</text>"), "{chart}");
+        assert!(!chart.contains("width=\"0.0\""));
+    }
 }

@@ -16,6 +16,7 @@
 
 mod commands;
 mod diffs;
+pub mod figures;
 mod links;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,7 @@ fn html_dir() -> PathBuf {
 pub fn run(bless: bool, open: bool) -> Result<()> {
     let written = diffs::write()?;
     println!("book: step diffs up to date in book/src/generated ({written} files)");
+    figures::write()?;
     links::check_sources()?;
     if bless {
         commands::check(true)?;
@@ -85,6 +87,7 @@ pub fn tier() -> Result<()> {
         }
     };
     step("step diffs", diffs::check());
+    step("reliability figures", figures::check());
     step("includes and anchors", links::check_sources());
     let built = install_tools().and_then(|tools| {
         mermaid_assets(&tools, false)?;

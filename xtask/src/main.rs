@@ -61,6 +61,10 @@ enum Task {
         /// Also copy the table and chart into book/src/generated/.
         #[arg(long)]
         publish: bool,
+        /// Measure only these groups of rows: floor, steps, runc, vm, scaling (repeatable,
+        /// or comma-separated); the results go to target/bench/only-GROUPS/.
+        #[arg(long, value_name = "GROUP", value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// (internal) The benchmark's measuring half, run as root in a scratch network namespace.
     #[command(hide = true)]
@@ -68,13 +72,15 @@ enum Task {
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
-        bundle: PathBuf,
+        bundle: Option<PathBuf>,
         #[arg(long)]
         rootfs: PathBuf,
         #[arg(long)]
         bin_dir: PathBuf,
         #[arg(long)]
         quick: bool,
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Run every check of the project, tier by tier, and print a summary.
     Test {
@@ -156,9 +162,9 @@ fn main() -> ExitCode {
         Task::Doctor => doctor::run(),
         Task::Demo => demo::run(),
         Task::Image => image::run(),
-        Task::Bench { quick, publish } => bench::run(quick, publish),
-        Task::BenchWorker { out, bundle, rootfs, bin_dir, quick } => {
-            bench::worker(bench::Worker { out, bundle, rootfs, bin_dir, quick })
+        Task::Bench { quick, publish, only } => bench::run_only(quick, publish, &only),
+        Task::BenchWorker { out, bundle, rootfs, bin_dir, quick, only } => {
+            bench::worker(bench::Worker { out, bundle, rootfs, bin_dir, quick, only })
         }
         Task::Test { tiers, args } => test::run(&tiers, &args),
         Task::Build => artifacts::run(),

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{bail, Result};
 
-use crate::{is_root, is_static, run as run_cmd, which};
+use crate::{as_root, is_root, is_static, run as run_cmd, sudo_available, which};
 
 /// Something the host must have, and the Debian/Ubuntu package that provides it.
 pub struct Requirement {
@@ -62,6 +62,24 @@ pub fn run() -> Result<()> {
         println!("setup: everything the workshop needs is installed");
         return Ok(());
     }
+    apt_install(&missing, false)
+}
+
+/// For a task that needs a few of the requirements (the benchmark): install the
+/// missing ones among these packages the way `setup` does, through sudo when we are
+/// not root. Fails, saying what is missing and how to install it, when it cannot.
+pub fn install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&Requirement> =
+        REQUIREMENTS.iter().filter(|r| packages.contains(&r.package) && r.find().is_none()).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_install(&missing, true)
+}
+
+/// `apt-get update`, then `apt-get install` of the packages of `missing`; as root, or
+/// through sudo if `sudo` says so.
+fn apt_install(missing: &[&Requirement], sudo: bool) -> Result<()> {
     let packages: Vec<&str> = missing.iter().map(|r| r.package).collect();
     let what: Vec<&str> = missing.iter().map(|r| r.what).collect();
     println!("setup: missing {}", what.join(", "));
@@ -74,20 +92,22 @@ pub fn run() -> Result<()> {
             packages.join(" ")
         );
     }
-    if !is_root() {
+    let can_install = is_root() || (sudo && sudo_available());
+    if !can_install {
         bail!("missing {}; install it with: sudo apt-get update && sudo {install}", what.join(", "));
     }
 
-    run_cmd(Command::new("apt-get").arg("update"))?;
-    run_cmd(
-        Command::new("apt-get")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&packages)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )?;
+    // as_root: the command itself as root, else through sudo.
+    let mut update = Command::new("apt-get");
+    update.arg("update");
+    run_cmd(&mut as_root(update)?)?;
+    let mut apt = Command::new("apt-get");
+    apt.args(["install", "-y", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    run_cmd(&mut as_root(apt)?)?;
 
-    let still_missing: Vec<&str> =
-        REQUIREMENTS.iter().filter(|r| r.find().is_none()).map(|r| r.what).collect();
+    let still_missing: Vec<&str> = missing.iter().filter(|r| r.find().is_none()).map(|r| r.what).collect();
     if !still_missing.is_empty() {
         bail!("still missing after `{install}`: {}", still_missing.join(", "));
     }

@@ -60,6 +60,11 @@ pub fn run(selected: &[String], args: &[String]) -> Result<()> {
             bail!("unknown tier {name:?}; the tiers are: {}", names.join(", "));
         }
     }
+    // Test names alone (`cargo xtask test -- 03-mnt::mnt`) mean: just those integration tests.
+    let selected: Vec<String> = match (selected.is_empty(), args.is_empty()) {
+        (true, false) => vec!["setup".into(), ARGS_TIER.into()],
+        _ => selected.to_vec(),
+    };
     let chosen: Vec<&Tier> =
         TIERS.iter().filter(|t| selected.is_empty() || selected.iter().any(|s| s == t.name)).collect();
     if !args.is_empty() && !chosen.iter().any(|t| t.name == ARGS_TIER) {
@@ -203,5 +208,12 @@ fn harness_command(args: &[String]) -> Result<Command> {
         .env("WORKSHOP_PROBE", &probe)
         .env("WORKSHOP_ROOTFS", &rootfs)
         .args(args);
+    // A whole run counts what it tried, for the book's reliability page.
+    let figures = crate::book::figures::json_path();
+    let _ = std::fs::remove_file(&figures);
+    if args.is_empty() {
+        std::fs::create_dir_all(figures.parent().unwrap())?;
+        cmd.env("WORKSHOP_FIGURES", &figures);
+    }
     Ok(cmd)
 }

@@ -15,6 +15,7 @@
 //! Everything is cached in target/vm: the .deb, the unpacked kernel, the stripped
 //! binaries and the initramfs (rebuilt only when an input changed).
 
+pub mod bench;
 mod cpio;
 mod kernel;
 
@@ -86,7 +87,7 @@ pub fn run(options: &Options) -> Result<()> {
     fs::create_dir_all(&cache).with_context(|| format!("create {}", cache.display()))?;
 
     let kernel = kernel::prepare(&cache, options.kernel.as_deref())?;
-    let (accel, why) = choose_accel(&qemu, &kernel, &cache);
+    let (accel, why) = choose_accel(&qemu, &kernel, &cache.join("kvm-probe"), None);
     let triple = artifacts::host_triple()?;
     let binaries = build_binaries(&triple, &cache)?;
     let probe = artifacts::build_probe()?;
@@ -676,6 +677,14 @@ impl Accel {
         }
     }
 
+    /// "KVM" or "TCG", for a table.
+    fn short_name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "KVM",
+            Accel::Tcg => "TCG",
+        }
+    }
+
     fn args(self) -> &'static [&'static str] {
         match self {
             Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
@@ -698,8 +707,15 @@ fn qemu_command(qemu: &Path, accel: Accel, kernel: &Path, append: &str) -> Comma
 
 /// KVM when /dev/kvm opens and a kernel boots on it (cached for this boot of the
 /// host: some machines open /dev/kvm fine and then hang the guest), else TCG.
-/// WORKSHOP_VM_ACCEL=kvm|tcg decides instead.
-fn choose_accel(qemu: &Path, kernel: &kernel::Kernel, cache: &Path) -> (Accel, String) {
+/// WORKSHOP_VM_ACCEL=kvm|tcg decides instead. The probe's result is kept in
+/// `probe_file`; `also_read` is another such file to trust (the bench reads the VM
+/// tier's, and keeps its own probe out of target/vm).
+fn choose_accel(
+    qemu: &Path,
+    kernel: &kernel::Kernel,
+    probe_file: &Path,
+    also_read: Option<&Path>,
+) -> (Accel, String) {
     match std::env::var("WORKSHOP_VM_ACCEL").as_deref() {
         Ok("kvm") => return (Accel::Kvm, "WORKSHOP_VM_ACCEL=kvm".into()),
         Ok("tcg") => return (Accel::Tcg, "WORKSHOP_VM_ACCEL=tcg".into()),
@@ -708,8 +724,7 @@ fn choose_accel(qemu: &Path, kernel: &kernel::Kernel, cache: &Path) -> (Accel, S
     if let Err(why) = open_kvm() {
         return (Accel::Tcg, why);
     }
-    let probe_file = cache.join("kvm-probe");
-    if let Some(usable) = cached_kvm_probe(&probe_file) {
+    if let Some(usable) = std::iter::once(probe_file).chain(also_read).find_map(cached_kvm_probe) {
         return match usable {
             true => (Accel::Kvm, "KVM booted a kernel earlier since the host booted".into()),
             false => (
@@ -722,7 +737,7 @@ fn choose_accel(qemu: &Path, kernel: &kernel::Kernel, cache: &Path) -> (Accel, S
     println!("vm: probing KVM: does the kernel boot on it within {} s?", KVM_PROBE_TIMEOUT.as_secs());
     let usable = kvm_boots(qemu, &kernel.vmlinuz);
     if let Some(boot_id) = boot_id() {
-        let _ = fs::write(&probe_file, format!("boot_id {boot_id}\nusable {usable}\n"));
+        let _ = fs::write(probe_file, format!("boot_id {boot_id}\nusable {usable}\n"));
     }
     match usable {
         true => (Accel::Kvm, "KVM boots a kernel".into()),
@@ -782,6 +797,20 @@ fn kvm_boots(qemu: &Path, vmlinuz: &Path) -> bool {
     exited && console.contains("Kernel panic")
 }
 
+/// The kernel's command line for a run with an initramfs (the tests, the bench).
+fn kernel_command_line(accel: Accel) -> String {
+    // quiet and loglevel=3: the kernel's errors, not its boot chatter (an OOM kill
+    // still says so in one line).
+    let mut append = "console=ttyS0 quiet loglevel=3 panic=-1".to_string();
+    if accel == Accel::Tcg {
+        // No address space randomisation: TCG keeps the code it translated by virtual
+        // address, so with the same addresses every exec of a binary reuses it (a
+        // container run takes a quarter of the time).
+        append.push_str(" norandmaps");
+    }
+    append
+}
+
 /// How the run in the VM ended.
 struct BootOutcome {
     /// The harness's exit status, from the sentinel line.
@@ -802,16 +831,7 @@ fn boot(
     timeout: Duration,
     log: &Path,
 ) -> Result<BootOutcome> {
-    // quiet and loglevel=3: the kernel's errors, not its boot chatter (an OOM kill
-    // still says so in one line).
-    let mut append = "console=ttyS0 quiet loglevel=3 panic=-1".to_string();
-    if accel == Accel::Tcg {
-        // No address space randomisation: TCG keeps the code it translated by virtual
-        // address, so with the same addresses every exec of a binary reuses it (a
-        // container run takes a quarter of the time).
-        append.push_str(" norandmaps");
-    }
-    let mut cmd = qemu_command(qemu, accel, &kernel.vmlinuz, &append);
+    let mut cmd = qemu_command(qemu, accel, &kernel.vmlinuz, &kernel_command_line(accel));
     cmd.arg("-initrd").arg(initrd).stdout(Stdio::piped()).stderr(Stdio::piped());
     eprintln!("$ {}", crate::command_line(&cmd));
     let mut log_file = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;

@@ -13,6 +13,10 @@ use anyhow::{bail, Context, Result};
 use super::book_dir;
 use crate::{artifacts, workspace_root};
 
+/// Files in the same directory that other tasks write: the benchmark's
+/// (`cargo xtask bench --publish`) and the reliability figures (`figures.rs`).
+const OTHER_GENERATED: [&str; 3] = ["bench.md", "bench.svg", "reliability.md"];
+
 fn generated_dir() -> PathBuf {
     book_dir().join("src").join("generated")
 }
@@ -50,7 +54,7 @@ fn stale() -> Result<Stale> {
         for entry in entries {
             let path = entry?.path();
             let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-            if !wanted.iter().any(|(n, _)| *n == name) {
+            if !wanted.iter().any(|(n, _)| *n == name) && !OTHER_GENERATED.contains(&name.as_str()) {
                 extra.push(path);
             }
         }
