@@ -51,8 +51,14 @@ pub fn import(name: &str, sources: &[PathBuf]) -> Result<()> {
         for (n, source) in sources.iter().enumerate() {
             let layer = building.join(format!("{n:02}"));
             std::fs::create_dir(&layer)?;
-            let imported =
-                if source.is_dir() { copy_layer(source, &layer) } else { extract_tar(source, &layer) };
+            // Only a directory or a regular file: a fifo would block, a device is no layer.
+            let imported = if source.is_dir() {
+                copy_layer(source, &layer)
+            } else if source.is_file() {
+                extract_tar(source, &layer)
+            } else {
+                Err(anyhow::anyhow!("not a directory or a tar file"))
+            };
             imported.with_context(|| format!("layer {}", source.display()))?;
         }
         std::fs::rename(&building, &dir).context("put the image in place")

@@ -133,9 +133,17 @@ pub fn remove_stale() {
     }
 }
 
+/// Whether `id` can name a container: one path component, not `.` or `..`.
+fn is_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains('/') && !id.starts_with('.')
+}
+
 // ANCHOR: diff
 /// `diff ID`: what the container changed, like `docker diff`: A added, C changed, D deleted.
 pub fn diff(id: &str) -> Result<Vec<String>> {
+    if !is_id(id) {
+        bail!("no container {id:?} (see `ls`)");
+    }
     let dir = Path::new(CONTAINERS).join(id);
     let lowers = std::fs::read_to_string(dir.join("lowers")).with_context(|| format!("no container {id}"))?;
     let lowers: Vec<PathBuf> = lowers.lines().map(PathBuf::from).collect();
@@ -182,7 +190,7 @@ pub fn list() -> Vec<String> {
 /// `rm ID`: removes a finished container's layer.
 pub fn remove(id: &str) -> Result<()> {
     let dir = Path::new(CONTAINERS).join(id);
-    if id.is_empty() || id.contains('/') || !dir.join("lowers").exists() {
+    if !is_id(id) || !dir.join("lowers").exists() {
         bail!("no container {id:?} (see `ls`)");
     }
     // While it runs, its merged root is a mount point: another device than its directory.

@@ -54,7 +54,8 @@ pub fn parse_args<T: clap::Parser>() -> T {
 /// Turns the runtime's result into its exit status, printing the error in one line.
 pub fn exit_status(result: Result<i32>) -> i32 {
     result.unwrap_or_else(|err| {
-        eprintln!("{NAME}: error: {err:#}");
+        // One line, even when the error quotes a path or bytes with newlines in them.
+        eprintln!("{NAME}: error: {}", format!("{err:#}").replace('\n', "\\n"));
         match err.downcast_ref::<ExecError>() {
             Some(exec) => exec.status,
             None => RUNTIME_FAILED,
