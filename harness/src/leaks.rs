@@ -57,6 +57,21 @@ impl std::fmt::Display for Leak {
     }
 }
 
+/// The leaks since `before`, once the kernel is done: it deletes a dead
+/// container's veth pair in the background, with its network namespace, a
+/// moment after the last process ended. Only links get that moment (a second).
+pub fn settled_since(before: &Snapshot) -> Vec<Leak> {
+    let mut leaked = snapshot().leaks_since(before);
+    for _ in 0..100 {
+        if !leaked.iter().any(|leak| matches!(leak, Leak::Link(_))) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        leaked = snapshot().leaks_since(before);
+    }
+    leaked
+}
+
 pub fn snapshot() -> Snapshot {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut mounts: Vec<String> = mountinfo.lines().filter_map(mount_key).collect();

@@ -165,7 +165,7 @@ pub fn run(steps: &[Step], workshop: &Workshop, checks: Vec<Check>) -> ! {
 pub fn guarded(ctx: &Ctx, check: fn(&Ctx) -> Result<()>) -> Result<(), Failed> {
     let before = leaks::snapshot();
     let result = check(ctx);
-    let leaked = leaks::snapshot().leaks_since(&before);
+    let leaked = leaks::settled_since(&before);
     leaks::reclaim(&leaked);
     crate::figures::add(crate::figures::LEAKS, leaked.len() as u64);
     let mut report: Vec<String> = leaked.iter().map(|l| format!("LEAK: {l}")).collect();

@@ -3,8 +3,8 @@
 //!
 //! 1. The kernel: a Debian `linux-image-6.1.0-N-amd64` package (see `vm/kernel.rs`).
 //! 2. The binaries, all static: the steps and the harness built with crt-static for
-//!    the host triple, the probe. From the host, with their libraries: iproute2's
-//!    `ip` and util-linux's `nsenter` (see `host_tools`); busybox has the rest.
+//!    the host triple, the probe. From the host, with its libraries: iproute2's
+//!    `ip` (see `host_tools`); busybox has the rest.
 //! 3. An initramfs (our own cpio writer, `vm/cpio.rs`; uncompressed, which boots
 //!    faster under emulation than gzip): busybox, the workshop rootfs, the binaries,
 //!    the modules, and a two-stage /init that mounts cgroup2 on /sys/fs/cgroup.
@@ -305,11 +305,7 @@ fn strip(bin: &Path, out: &Path) -> Result<PathBuf> {
 fn host_tools() -> Result<Vec<(String, PathBuf)>> {
     // iproute2's ip: the runtimes run `ip -batch -`, which busybox's ip lacks.
     let ip = which("ip").context("no ip on the host: apt-get install iproute2 (cargo xtask setup)")?;
-    // util-linux's nsenter: the runtimes run `nsenter --net=FILE ip`, and busybox's
-    // nsenter would run its own ip applet (it prefers applets to PATH).
-    let nsenter = which("nsenter").context("no nsenter on the host: apt-get install util-linux")?;
-    let mut tools =
-        vec![("/usr/local/sbin/ip".to_string(), ip), ("/usr/local/bin/nsenter".to_string(), nsenter)];
+    let mut tools = vec![("/usr/local/sbin/ip".to_string(), ip)];
     // A dynamic /usr/bin/true, like a host has: the check that a dynamic program in a
     // rootfs without its libraries fails with 127 copies it into a rootfs of its own.
     if let Some(true_) = ["/usr/bin/true", "/bin/true"].iter().map(PathBuf::from).find(|p| p.is_file()) {

@@ -83,16 +83,7 @@ fn volume_dir() -> Result<TempPath> {
 
 /// Leaks since `before`, as an error naming `what`; reclaimed so the next case starts clean.
 fn nothing_left(before: &leaks::Snapshot, what: &str) -> Result<()> {
-    // The kernel frees a dead container's network namespace (and its veth)
-    // a moment after its last process ends: give it a second.
-    let mut leaked = leaks::snapshot().leaks_since(before);
-    for _ in 0..100 {
-        if leaked.is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-        leaked = leaks::snapshot().leaks_since(before);
-    }
+    let leaked = leaks::settled_since(before);
     leaks::reclaim(&leaked);
     if !leaked.is_empty() {
         let list: Vec<String> = leaked.iter().map(ToString::to_string).collect();

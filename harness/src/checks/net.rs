@@ -136,7 +136,17 @@ fn never_share_an_address(ctx: &Ctx) -> Result<()> {
 
 fn nothing_is_left_after_the_last(ctx: &Ctx) -> Result<()> {
     ctx.probe(&[], &[])?;
-    let links = sandbox::get().context("no sandbox")?.links();
+    // The runtime removes the bridge; the kernel deletes the veth pair with the
+    // container's namespace, in the background: give it a second.
+    let sandbox = sandbox::get().context("no sandbox")?;
+    let mut links = sandbox.links();
+    for _ in 0..100 {
+        if links == ["lo"] {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        links = sandbox.links();
+    }
     ensure!(links == ["lo"], "after the container, the host side still has {links:?}");
     let leases: Vec<_> =
         std::fs::read_dir(LEASES).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
