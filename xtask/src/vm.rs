@@ -403,14 +403,7 @@ fn build_initramfs(
         println!("vm: initramfs up to date: {}", display_path(&initrd));
         return Ok(initrd);
     }
-    let tmp = cache.join("initramfs.cpio.tmp");
-    let file = fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    let mut writer = cpio::Writer::new(std::io::BufWriter::new(file));
-    for entry in &entries {
-        write_entry(&mut writer, entry)?;
-    }
-    writer.finish()?;
-    fs::rename(&tmp, &initrd)?;
+    write_cpio(&initrd, &entries)?;
     fs::write(&stamp_path, stamp)?;
     let size = fs::metadata(&initrd)?.len();
     println!("vm: initramfs built: {} ({} MiB)", display_path(&initrd), size / (1024 * 1024));
@@ -553,6 +546,19 @@ fn walk(dir: &Path, visit: &mut dyn FnMut(&Path, &fs::Metadata) -> Result<()>) -
             walk(&path, visit)?;
         }
     }
+    Ok(())
+}
+
+/// Writes `entries` as a cpio archive at `path`, whole or not at all (a temporary file, renamed).
+fn write_cpio(path: &Path, entries: &[Entry]) -> Result<()> {
+    let tmp = path.with_extension("cpio.tmp");
+    let file = fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    let mut writer = cpio::Writer::new(std::io::BufWriter::new(file));
+    for entry in entries {
+        write_entry(&mut writer, entry)?;
+    }
+    writer.finish()?;
+    fs::rename(&tmp, path)?;
     Ok(())
 }
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::{
-    cache_dir, choose_accel, clean_console_line, cpio, kernel, kernel_command_line, parse_sentinel,
-    qemu_command, write_entry, Entry, SENTINEL,
+    cache_dir, choose_accel, clean_console_line, kernel, kernel_command_line, parse_sentinel, qemu_command,
+    write_cpio, Entry, SENTINEL,
 };
 use crate::{display_path, output, which};
 
@@ -195,14 +195,7 @@ fn build_initramfs(work: &Path) -> Result<PathBuf> {
         }
     }
     let initrd = work.join("initramfs.cpio");
-    let tmp = work.join("initramfs.cpio.tmp");
-    let file = fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    let mut writer = cpio::Writer::new(std::io::BufWriter::new(file));
-    for entry in &entries {
-        write_entry(&mut writer, entry)?;
-    }
-    writer.finish()?;
-    fs::rename(&tmp, &initrd)?;
+    write_cpio(&initrd, &entries)?;
     Ok(initrd)
 }
 
