@@ -3,6 +3,7 @@
 use super::TempPath;
 use crate::{Check, Ctx, Probe, Run};
 use anyhow::{bail, ensure, Context, Result};
+use std::path::Path;
 
 pub fn checks() -> Vec<Check> {
     vec![
@@ -12,6 +13,7 @@ pub fn checks() -> Vec<Check> {
         Check::new(3, "mnt::host_files_are_out_of_reach", host_files_are_out_of_reach).escape(),
         Check::new(3, "mnt::the_chroot_escape_fails", the_chroot_escape_fails).escape(),
         Check::new(3, "mnt::pseudo_filesystems_are_mounted", pseudo_filesystems_are_mounted),
+        Check::new(3, "mnt::host_wide_proc_files_are_read_only", host_wide_proc_files_are_read_only).escape(),
         Check::new(3, "mnt::nothing_of_the_old_root_is_mounted", nothing_of_the_old_root_is_mounted).escape(),
         Check::new(3, "mnt::mounts_inside_never_reach_the_host", mounts_inside_never_reach_the_host).escape(),
         Check::new(3, "mnt::private_even_when_the_host_is_shared", private_even_when_the_host_is_shared)
@@ -110,11 +112,34 @@ fn pseudo_filesystems_are_mounted(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The parts of /proc that are the whole machine's, which the runtime makes read-only.
+const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+/// Root in a container without --userns is still the host's root: /proc/sys
+/// would let it change the host's kernel settings, /proc/sysrq-trigger reboot it.
+fn host_wide_proc_files_are_read_only(ctx: &Ctx) -> Result<()> {
+    // domainname belongs to the container's UTS namespace: harmless should the write work.
+    let seen = ctx.probe(&[], &["--write", "/proc/sys/kernel/domainname", "--write", "/proc/self/comm"])?;
+    seen.action(0)?.expect_errno(libc::EROFS)?;
+    seen.action(1)?.expect_ok()?; // control: the container's own part of /proc is writable
+                                  // Those the host's kernel has (no /proc/sysrq-trigger without CONFIG_MAGIC_SYSRQ).
+    for name in PROC_READ_ONLY.iter().filter(|name| Path::new("/proc").join(name).exists()) {
+        let mount = seen.mount(&format!("/proc/{name}"))?;
+        ensure!(
+            mount.options.split(',').any(|o| o == "ro"),
+            "/proc/{name} should be mounted read-only, its options are {}",
+            mount.options
+        );
+    }
+    Ok(())
+}
+
 fn nothing_of_the_old_root_is_mounted(ctx: &Ctx) -> Result<()> {
     let allowed = ["/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm"];
     for mount in ctx.probe(&[], &[])?.mounts()? {
         let device = mount.mount_point.strip_prefix("/dev/").is_some_and(|d| !d.contains('/'));
-        if !allowed.contains(&mount.mount_point.as_str()) && !device {
+        let proc = mount.mount_point.strip_prefix("/proc/").is_some_and(|p| PROC_READ_ONLY.contains(&p));
+        if !allowed.contains(&mount.mount_point.as_str()) && !device && !proc {
             bail!(
                 "{} ({}) is mounted inside: the old root was not detached",
                 mount.mount_point,

@@ -38,7 +38,9 @@ pub fn enter(rootfs: &Path) -> Result<()> {
 
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     // A fresh procfs shows only this PID namespace: `ps` stops lying.
-    mount_fs("proc", &target(rootfs, "proc")?, nosuid_nodev_noexec, None)?;
+    let proc = target(rootfs, "proc")?;
+    mount_fs("proc", &proc, nosuid_nodev_noexec, None)?;
+    protect_proc(&proc)?;
     let read_only = nosuid_nodev_noexec | MsFlags::MS_RDONLY;
     mount_fs("sysfs", &target(rootfs, "sys")?, read_only, None)?;
     mount_dev(rootfs)?;
@@ -67,6 +69,29 @@ pub fn clean_env(hostname: &str) {
         std::env::set_var("TERM", term);
     }
 }
+
+// ANCHOR: protect_proc
+/// The parts of /proc that are the whole machine's, not the container's:
+/// kernel settings, the SysRq key (one letter reboots the host), IRQs, buses.
+const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+/// Makes those read-only, as Docker does: root in here still owns the host's kernel.
+fn protect_proc(proc: &Path) -> Result<()> {
+    for name in PROC_READ_ONLY {
+        let path = proc.join(name);
+        if path.symlink_metadata().is_err() {
+            continue; // /proc/bus is missing on machines without PCI, for one
+        }
+        // A bind mount onto itself, then a read-only remount of just that bind.
+        bind(&path, &path)?;
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        let flags = flags | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(None::<&str>, &path, None::<&str>, flags, None::<&str>)
+            .with_context(|| format!("make {} read-only", path.display()))?;
+    }
+    Ok(())
+}
+// ANCHOR_END: protect_proc
 
 // ANCHOR: dev
 /// A minimal /dev on a tmpfs: a few devices, pseudo-terminals, shared memory.
