@@ -11,6 +11,7 @@ pub fn checks() -> Vec<Check> {
     vec![
         Check::new(6, "cgroup::a_memory_hog_is_oom_killed", a_memory_hog_is_oom_killed),
         Check::new(6, "cgroup::the_same_hog_runs_fine_without_a_limit", the_hog_runs_fine_without_a_limit),
+        Check::new(6, "cgroup::the_oom_score_is_not_inherited", the_oom_score_is_not_inherited),
         Check::new(6, "cgroup::a_fork_loop_stops_at_the_pids_limit", a_fork_loop_stops_at_the_pids_limit),
         Check::new(6, "cgroup::half_a_cpu_is_half_a_cpu", half_a_cpu_is_half_a_cpu),
         Check::new(6, "cgroup::the_host_sees_the_limits_in_the_containers_group", host_sees_the_limits),
@@ -46,6 +47,18 @@ fn memory_facts() -> String {
         read("/proc/self/oom_score_adj").trim(),
         read("/sys/kernel/mm/transparent_hugepage/enabled").trim(),
     )
+}
+
+/// A runtime started with OOM protection (some services run at -1000, which
+/// makes them unkillable) must not pass it on. Any process may raise its own
+/// score, so the runtime starts at 500 here; the container must be at 0.
+fn the_oom_score_is_not_inherited(ctx: &Ctx) -> Result<()> {
+    let raise = ["sh", "-c", "echo 500 > /proc/self/oom_score_adj && exec \"$@\"", "sh"];
+    let outcome = ctx.run().wrapped(raise).cmd(["cat", "/proc/self/oom_score_adj"]).output()?;
+    outcome.expect_status(0)?;
+    let score = outcome.stdout.trim();
+    ensure!(score == "0", "the container's oom_score_adj is {score:?}, not 0 (the runtime ran at 500)");
+    Ok(())
 }
 
 fn the_hog_runs_fine_without_a_limit(ctx: &Ctx) -> Result<()> {

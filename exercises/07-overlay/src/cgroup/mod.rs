@@ -82,7 +82,9 @@ impl Cgroup {
             let procs = dir.join("cgroup.procs");
             write(&procs, &child.to_string())?;
         }
-        Ok(())
+        // The child inherited our OOM score; at -1000 (some services run so)
+        // the OOM killer could never pick it. Docker starts containers at 0.
+        write(Path::new(&format!("/proc/{child}/oom_score_adj")), "0")
     }
 
     /// After the container ended: did the kernel's OOM killer end it?
