@@ -17,6 +17,7 @@ mod cgroup;
 mod commit;
 mod image;
 mod net;
+mod oci;
 mod overlay;
 mod pid;
 mod process;
@@ -67,8 +68,11 @@ enum ImageCommand {
     /// Make an image from layers, bottom first (directories, .tar or .tar.gz files)
     Import {
         name: String,
-        #[arg(required = true)]
+        #[arg(required_unless_present = "oci", conflicts_with = "oci")]
         layers: Vec<PathBuf>,
+        /// Take the layers from an OCI image layout (a directory with index.json and blobs/)
+        #[arg(long, value_name = "DIR")]
+        oci: Option<PathBuf>,
     },
     /// List the images
     Ls,
@@ -130,7 +134,12 @@ fn main() {
         }
         Command::Rm { id } => overlay::remove(&id).map(|()| 0),
         Command::Commit { id, name } => commit::commit(&id, &name).map(|()| 0),
-        Command::Image(ImageCommand::Import { name, layers }) => image::import(&name, &layers).map(|()| 0),
+        Command::Image(ImageCommand::Import { name, layers, oci: None }) => {
+            image::import(&name, &layers).map(|()| 0)
+        }
+        Command::Image(ImageCommand::Import { name, oci: Some(dir), .. }) => {
+            oci::layers(&dir).and_then(|layers| image::import(&name, &layers)).map(|()| 0)
+        }
         Command::Image(ImageCommand::Ls) => {
             image::list().iter().for_each(|(name, layers)| println!("{name}\t{layers} layers"));
             Ok(0)

@@ -9,6 +9,7 @@ mod faults;
 mod inputs;
 mod mnt;
 mod net;
+mod oci;
 mod overlay;
 mod pid;
 mod security;
@@ -29,6 +30,7 @@ pub fn all() -> Vec<Check> {
         net::checks(),
         cgroup::checks(),
         overlay::checks(),
+        oci::checks(),
         volume::checks(),
         inputs::checks(),
         security::checks(),

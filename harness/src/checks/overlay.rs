@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-const IMAGES: &str = "/var/lib/workshop/images";
+pub(super) const IMAGES: &str = "/var/lib/workshop/images";
 
 pub fn checks() -> Vec<Check> {
     vec![
@@ -86,7 +86,7 @@ impl Drop for TestImage<'_> {
 }
 
 /// The app layer of the chapter: adds, changes and deletes (whiteouts).
-fn app_layer(dir: &Path) -> Result<PathBuf> {
+pub(super) fn app_layer(dir: &Path) -> Result<PathBuf> {
     let tar = dir.join("app.tar");
     write_tar(
         &tar,
@@ -157,10 +157,15 @@ fn an_image_shows_its_layers_merged(ctx: &Ctx) -> Result<()> {
     let dir = TempPath::new("app-layer");
     std::fs::create_dir(&dir.0)?;
     let image = TestImage::import(ctx, "merged", &[app_layer(&dir.0)?])?;
+    expect_merged(ctx, &image.name)
+}
+
+/// A container on `image` (the rootfs, then `app_layer`) sees the layers merged.
+pub(super) fn expect_merged(ctx: &Ctx, image: &str) -> Result<()> {
     let reads = ["--read", "/app/hello.txt", "--read", "/etc/workshop-release", "--stat", "/etc/hostname"];
     let seen = probe_image(
         ctx,
-        &image.name,
+        image,
         &[&reads[..], &["--stat", "/home/app-user", "--stat", "/etc/passwd"]].concat(),
     )?;
     ensure!(

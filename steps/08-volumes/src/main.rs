@@ -12,6 +12,7 @@
 mod cgroup;
 mod image;
 mod net;
+mod oci;
 mod overlay;
 mod pid;
 mod process;
@@ -73,8 +74,11 @@ enum ImageCommand {
     /// Make an image from layers, bottom first (directories, .tar or .tar.gz files)
     Import {
         name: String,
-        #[arg(required = true)]
+        #[arg(required_unless_present = "oci", conflicts_with = "oci")]
         layers: Vec<PathBuf>,
+        /// Take the layers from an OCI image layout (a directory with index.json and blobs/)
+        #[arg(long, value_name = "DIR")]
+        oci: Option<PathBuf>,
     },
     /// List the images
     Ls,
@@ -141,7 +145,12 @@ fn main() {
             Ok(0)
         }
         Command::Rm { id } => overlay::remove(&id).map(|()| 0),
-        Command::Image(ImageCommand::Import { name, layers }) => image::import(&name, &layers).map(|()| 0),
+        Command::Image(ImageCommand::Import { name, layers, oci: None }) => {
+            image::import(&name, &layers).map(|()| 0)
+        }
+        Command::Image(ImageCommand::Import { name, oci: Some(dir), .. }) => {
+            oci::layers(&dir).and_then(|layers| image::import(&name, &layers)).map(|()| 0)
+        }
         Command::Image(ImageCommand::Ls) => {
             image::list().iter().for_each(|(name, layers)| println!("{name}\t{layers} layers"));
             Ok(0)

@@ -480,7 +480,8 @@ fn reap_orphans() {
 /// process ids other than 1 after "pid"/"PID"/"/proc/" and in the PID columns of a
 /// `ps` table (<PID1>), MAC addresses (<MAC1>), the host ends of veth pairs, named
 /// from the container id (veth3f2a9c1b: <VETH1>), and times of day or durations like
-/// 0:00 and 12:34:56 (<TIME>). Trailing spaces and blank lines do not count.
+/// 0:00 and 12:34:56 (<TIME>), and SHA-256 digests of files that hold times (<SHA1>).
+/// Trailing spaces and blank lines do not count.
 pub fn normalise(text: &str) -> String {
     let mut names = Names::default();
     let mut pid_columns: Vec<usize> = Vec::new();
@@ -585,6 +586,8 @@ fn normalise_line(line: &str, pid_columns: &[usize], names: &mut Names) -> Strin
         }
         if hex(tok, 12) {
             out.push_str(&names.name("ID", tok));
+        } else if hex(tok, 64) {
+            out.push_str(&names.name("SHA", tok));
         } else if tok.strip_prefix("veth").is_some_and(|rest| hex(rest, 8)) {
             out.push_str(&names.name("VETH", tok));
         } else if digits(tok) && i > 0 && at(i - 1) == "[" && at(i + 1) == "]" && tok.len() >= 6 {
@@ -633,6 +636,16 @@ mod tests {
         assert_eq!(blocks[1].commands[0].shell, "true");
         let indented = parse("  ```console\n  $ echo a\n  a\n   b\n  ```\n");
         assert_eq!(indented[0].commands[0].expected_output("  "), "a\n b");
+    }
+
+    #[test]
+    fn digests_are_renamed_consistently() {
+        let (a, b) = ("ab".repeat(32), "0c".repeat(32));
+        let text = format!("blobs/sha256/{a}\n\"digest\": \"sha256:{b}\", again sha256:{a}");
+        assert_eq!(
+            normalise(&text),
+            "blobs/sha256/<SHA1>\n\"digest\": \"sha256:<SHA2>\", again sha256:<SHA1>"
+        );
     }
 
     #[test]
