@@ -79,9 +79,9 @@ fn bad_oci_layouts_are_refused(ctx: &Ctx) -> Result<()> {
     std::fs::create_dir(&dir.0)?;
     let layer = app_layer(&dir.0)?;
     let layer_hex = format!("{:x}", Sha256::digest(std::fs::read(&layer)?));
-    // (what is wrong, the layer's media type, how to spoil the layout, a word the error must say)
+    // (what is wrong, the layer's media type or "" for no layer, how to spoil the layout, a word the error must say)
     type Spoil = fn(&Path, &str) -> Result<()>;
-    let cases: [(&str, &str, Spoil, &str); 5] = [
+    let cases: [(&str, &str, Spoil, &str); 6] = [
         (
             "a layer changed after it was hashed",
             TAR,
@@ -97,10 +97,12 @@ fn bad_oci_layouts_are_refused(ctx: &Ctx) -> Result<()> {
         ("a blob that is a symlink", TAR, |l, hex| symlink_blob(l, hex), "regular file"),
         ("a zstd layer", "application/vnd.oci.image.layer.v1.tar+zstd", |_, _| Ok(()), "not supported"),
         ("no index.json", TAR, |l, _| Ok(std::fs::remove_file(l.join("index.json"))?), "index.json"),
+        ("a manifest without layers", "", |_, _| Ok(()), "no layers"),
     ];
     for (n, (what, media, spoil, word)) in cases.into_iter().enumerate() {
         let layout = dir.0.join(format!("layout-{n}"));
-        write_layout(&layout, &[(media, &layer)])?;
+        let layers: &[(&str, &Path)] = if media.is_empty() { &[] } else { &[(media, &layer)] };
+        write_layout(&layout, layers)?;
         spoil(&layout, &layer_hex)?;
         let name = format!("bad-oci-{}", std::process::id());
         let outcome = import(ctx, &name, &layout)?;

@@ -31,8 +31,10 @@ pub fn layers(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index = read_json(&dir.join("index.json")).with_context(context)?;
     let manifest = manifest_for_us(dir, &index, 0).with_context(context)?;
+    let listed = manifest["layers"].as_array().filter(|l| !l.is_empty());
+    let listed = listed.with_context(|| format!("{}: the manifest lists no layers", context()))?;
     let mut layers = Vec::new();
-    for layer in manifest["layers"].as_array().context("the manifest lists no layers")? {
+    for layer in listed {
         let kind = layer["mediaType"].as_str().unwrap_or("(none)");
         if !LAYER_TYPES.contains(&kind) {
             bail!("{}: layers of type {kind} are not supported (tar and tar+gzip are)", context());
