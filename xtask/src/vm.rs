@@ -306,6 +306,9 @@ fn host_tools() -> Result<Vec<(String, PathBuf)>> {
     // iproute2's ip: the runtimes run `ip -batch -`, which busybox's ip lacks.
     let ip = which("ip").context("no ip on the host: apt-get install iproute2 (cargo xtask setup)")?;
     let mut tools = vec![("/usr/local/sbin/ip".to_string(), ip)];
+    // util-linux's unshare: busybox's has no --cgroup (the "no internal processes" check).
+    let unshare = which("unshare").context("no unshare on the host (util-linux)")?;
+    tools.push(("/usr/local/bin/unshare".to_string(), unshare));
     // A dynamic /usr/bin/true, like a host has: the check that a dynamic program in a
     // rootfs without its libraries fails with 127 copies it into a rootfs of its own.
     if let Some(true_) = ["/usr/bin/true", "/bin/true"].iter().map(PathBuf::from).find(|p| p.is_file()) {

@@ -18,6 +18,12 @@ pub fn checks() -> Vec<Check> {
         Check::new(6, "cgroup::a_killed_runtimes_group_is_cleaned_up", killed_runtimes_group_is_cleaned_up)
             .plain_only(),
         Check::new(6, "errors::bad_limits_are_125_in_one_line", bad_limits_are_125).plain_only(),
+        Check::new(
+            6,
+            "cgroup::a_nested_root_with_processes_is_refused_in_one_line",
+            nested_root_with_processes,
+        )
+        .plain_only(),
     ]
 }
 
@@ -184,4 +190,50 @@ fn bad_limits_are_125(ctx: &Ctx) -> Result<()> {
         outcome.expect_status(125)?.expect_one_error_line(&[flag, value])?;
     }
     Ok(())
+}
+
+/// cgroup v2's "no internal processes" rule, as a runtime meets it inside a
+/// cgroup namespace (docker-in-docker, a nested or delegated root): the
+/// namespace's root is not the real root, so while it holds processes (here the
+/// runtime itself) it cannot hand controllers down. The runtime must say so in
+/// one line, not fail with a bare EBUSY. The control moves the shell into a
+/// leaf first, as the message advises: then the same run works.
+fn nested_root_with_processes(ctx: &Ctx) -> Result<()> {
+    let root = Path::new("/sys/fs/cgroup");
+    if !root.join("cgroup.controllers").exists() {
+        println!(
+            "cgroup::a_nested_root_with_processes_is_refused_in_one_line: this host is not cgroup v2 \
+             (no subtree_control, no such rule): nothing to check here; the VM tier runs it on pure v2"
+        );
+        return Ok(());
+    }
+    // The real root hands the controllers to its children (the runtime does the same).
+    std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
+    let nest = root.join(format!("workshop-test-nest-{}", std::process::id()));
+    std::fs::create_dir(&nest).with_context(|| format!("mkdir {}", nest.display()))?;
+    let result = (|| -> Result<()> {
+        // The shell joins the nest, then a new cgroup namespace rooted there, with
+        // its own cgroup2 mount on /sys/fs/cgroup (in a mount namespace of its own).
+        let enter = |to_leaf: &str| {
+            let inner = format!("mount -t cgroup2 cgroup2 /sys/fs/cgroup && {to_leaf} exec \"$@\"");
+            let outer = format!(
+                "echo $$ > {}/cgroup.procs && exec unshare --cgroup --mount sh -c '{inner}' sh \"$@\"",
+                nest.display()
+            );
+            ["sh".to_string(), "-c".to_string(), outer, "sh".to_string()]
+        };
+        let leaf = "mkdir /sys/fs/cgroup/init && echo $$ > /sys/fs/cgroup/init/cgroup.procs &&";
+        let control = ctx.run().wrapped(enter(leaf)).args(["--net", "none", "--memory", "64m"]).cmd(["true"]);
+        control
+            .output()?
+            .expect_status(0)
+            .context("control: with the shell moved to a leaf, the run should work")?;
+        let refused = ctx.run().wrapped(enter("")).args(["--net", "none", "--memory", "64m"]).cmd(["true"]);
+        refused.output()?.expect_status(125)?.expect_one_error_line(&["no internal processes", "leaf"])?;
+        Ok(())
+    })();
+    // The leaf, then the nest (the runtime removed its own groups below it).
+    let _ = std::fs::remove_dir(nest.join("init"));
+    let removed = std::fs::remove_dir(&nest).with_context(|| format!("rmdir {}", nest.display()));
+    result.and(removed)
 }

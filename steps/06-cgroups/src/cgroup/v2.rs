@@ -53,7 +53,22 @@ fn enable_controllers(group: &Path) -> Result<()> {
             available.trim()
         );
     }
-    write(&group.join("cgroup.subtree_control"), "+memory +cpu +pids")
+    let control = group.join("cgroup.subtree_control");
+    match std::fs::write(&control, "+memory +cpu +pids") {
+        // v2's "no internal processes" rule: only the real root may hold processes
+        // and hand controllers down; a cgroup namespace's root (dind, say) may not.
+        Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+            let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+            bail!(
+                "cgroup v2: {0} holds {1} process(es), so it cannot hand controllers to groups below it \
+                 (the \"no internal processes\" rule); move them into a leaf group first, \
+                 e.g. mkdir {0}/init and write each PID into {0}/init/cgroup.procs",
+                group.display(),
+                procs.lines().count()
+            )
+        }
+        result => result.with_context(|| format!("write \"+memory +cpu +pids\" to {}", control.display())),
+    }
 }
 // ANCHOR_END: enable_controllers
 
