@@ -209,31 +209,47 @@ fn nested_root_with_processes(ctx: &Ctx) -> Result<()> {
     }
     // The real root hands the controllers to its children (the runtime does the same).
     std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu +pids")?;
-    let nest = root.join(format!("workshop-test-nest-{}", std::process::id()));
+    let leaf = "mkdir /sys/fs/cgroup/init && echo $$ > /sys/fs/cgroup/init/cgroup.procs &&";
+    let control = in_a_nested_root(ctx, "control", leaf);
+    control?.expect_status(0).context("control: with the shell moved to a leaf, the run should work")?;
+    let refused = in_a_nested_root(ctx, "refused", "")?;
+    refused.expect_status(125)?.expect_one_error_line(&["no internal processes", "leaf"])?;
+    Ok(())
+}
+
+/// Runs `true` in a container from a shell that joins a fresh group, then a new
+/// cgroup namespace rooted there with its own cgroup2 mount on /sys/fs/cgroup
+/// (in a mount namespace of its own), then runs `to_leaf`; removes the group after.
+/// (A fresh group each time: one that has handed controllers down takes no processes.)
+fn in_a_nested_root(ctx: &Ctx, label: &str, to_leaf: &str) -> Result<crate::Outcome> {
+    let nest = Path::new("/sys/fs/cgroup").join(format!("workshop-test-nest-{}-{label}", std::process::id()));
     std::fs::create_dir(&nest).with_context(|| format!("mkdir {}", nest.display()))?;
-    let result = (|| -> Result<()> {
-        // The shell joins the nest, then a new cgroup namespace rooted there, with
-        // its own cgroup2 mount on /sys/fs/cgroup (in a mount namespace of its own).
-        let enter = |to_leaf: &str| {
-            let inner = format!("mount -t cgroup2 cgroup2 /sys/fs/cgroup && {to_leaf} exec \"$@\"");
-            let outer = format!(
-                "echo $$ > {}/cgroup.procs && exec unshare --cgroup --mount sh -c '{inner}' sh \"$@\"",
-                nest.display()
-            );
-            ["sh".to_string(), "-c".to_string(), outer, "sh".to_string()]
-        };
-        let leaf = "mkdir /sys/fs/cgroup/init && echo $$ > /sys/fs/cgroup/init/cgroup.procs &&";
-        let control = ctx.run().wrapped(enter(leaf)).args(["--net", "none", "--memory", "64m"]).cmd(["true"]);
-        control
-            .output()?
-            .expect_status(0)
-            .context("control: with the shell moved to a leaf, the run should work")?;
-        let refused = ctx.run().wrapped(enter("")).args(["--net", "none", "--memory", "64m"]).cmd(["true"]);
-        refused.output()?.expect_status(125)?.expect_one_error_line(&["no internal processes", "leaf"])?;
-        Ok(())
-    })();
-    // The leaf, then the nest (the runtime removed its own groups below it).
+    let unshare = util_linux_unshare();
+    let outcome = unshare.and_then(|unshare| {
+        // The same filesystem cannot be mounted again on top of itself: unmount it first.
+        let inner = format!(
+            "umount /sys/fs/cgroup && mount -t cgroup2 cgroup2 /sys/fs/cgroup && {to_leaf} exec \"$@\""
+        );
+        let outer = format!(
+            "echo $$ > {}/cgroup.procs && exec {unshare} --cgroup --mount sh -c '{inner}' sh \"$@\"",
+            nest.display()
+        );
+        let wrapper = ["sh".to_string(), "-c".to_string(), outer, "sh".to_string()];
+        ctx.run().wrapped(wrapper).args(["--net", "none", "--memory", "64m"]).cmd(["true"]).output()
+    });
+    // The leaf, then the group (the runtime removed its own groups below it).
     let _ = std::fs::remove_dir(nest.join("init"));
     let removed = std::fs::remove_dir(&nest).with_context(|| format!("rmdir {}", nest.display()));
-    result.and(removed)
+    let outcome = outcome?;
+    removed?;
+    Ok(outcome)
+}
+
+/// util-linux's unshare (busybox's has no --cgroup, and busybox's sh runs its own
+/// applet whatever PATH says, so the path is spelled out). The VM has it in /usr/local/bin.
+fn util_linux_unshare() -> Result<String> {
+    let found = ["/usr/local/bin/unshare", "/usr/bin/unshare", "/bin/unshare"]
+        .into_iter()
+        .find(|path| std::fs::canonicalize(path).is_ok_and(|real| !real.ends_with("busybox")));
+    found.map(String::from).context("no util-linux unshare (with --cgroup) on this machine")
 }
