@@ -84,6 +84,27 @@ pub fn build_steps() -> Result<Vec<Step>> {
     Ok(steps)
 }
 
+/// Step binaries and a static probe built elsewhere (`demo --prebuilt DIR`, in the
+/// VM tier's systemd guest, which has no cargo): `DIR/NN-name` and `DIR/probe`.
+pub fn prebuilt(dir: &Path) -> Result<(Vec<Step>, PathBuf)> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("could not list {}", dir.display()))?;
+    let mut steps = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(number) = step_number(&name).filter(|_| entry.path().is_file()) {
+            steps.push(Step { name, number, bin: entry.path() });
+        }
+    }
+    steps.sort_by(|a, b| a.name.cmp(&b.name));
+    let probe = dir.join("probe");
+    if steps.is_empty() || !probe.is_file() {
+        bail!("{} must hold the step binaries (01-uts, ...) and the static probe", dir.display());
+    }
+    check_static(&probe)?;
+    Ok((steps, probe))
+}
+
 /// The host's target triple, e.g. "x86_64-unknown-linux-gnu".
 pub fn host_triple() -> Result<String> {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());

@@ -68,7 +68,7 @@ pub fn run_only(quick: bool, publish: bool, only: &[String]) -> Result<()> {
     if wanted("vm") {
         packages.extend(["busybox-static", "qemu-system-x86"]);
     }
-    if let Err(err) = setup::install(&packages) {
+    if let Err(err) = setup::install(&packages, "the benchmark measures them") {
         println!("bench: {err:#}");
     }
 

@@ -1,11 +1,12 @@
 //! The `demo` task: run the newest step with a little script that shows, line by
 //! line, what the container sees that the host does not.
 
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{artifacts, as_root, command_line, display_path, rootfs, shell_quote};
+use crate::{artifacts, as_root, command_line, display_path, rootfs, setup, shell_quote};
 
 /// What the demo shows inside the container: (from step, narration, shell command).
 /// Steps 01 and 02 run the host's programs (no rootfs yet), so they only show the
@@ -24,9 +25,22 @@ const SHOW: &[(u32, &str, &str)] = &[
     (8, "Write a file through the volume mounted on /shared", "echo 'written inside the container' > /shared/hello.txt"),
 ];
 
-pub fn run() -> Result<()> {
-    let steps = artifacts::build_steps()?;
-    let probe = artifacts::build_probe()?;
+/// What the demo needs from the host: busybox-static makes the containers' root
+/// filesystem, iproute2's `ip` wires their network (from step 05).
+const PACKAGES: [&str; 2] = ["busybox-static", "iproute2"];
+
+/// The `demo` task. `prebuilt`: a directory with the step binaries and the probe,
+/// for a machine without cargo (the VM tier's systemd guest proves the set-up path).
+pub fn run(prebuilt: Option<&Path>) -> Result<()> {
+    // First what a fresh machine lacks, as `test` does: a learner's first command must work.
+    setup::install(
+        &PACKAGES,
+        "the demo builds the containers' root filesystem from a static busybox, and the network steps use ip",
+    )?;
+    let (steps, probe) = match prebuilt {
+        Some(dir) => artifacts::prebuilt(dir)?,
+        None => (artifacts::build_steps()?, artifacts::build_probe()?),
+    };
     let rootfs = rootfs::prepare(&probe)?;
     let step = steps.last().context("no steps")?;
 
@@ -42,7 +56,7 @@ pub fn run() -> Result<()> {
     // From step 07 the demo runs on the example image, from 08 with a volume.
     let volume = crate::target_dir().join("demo-volume");
     if step.number >= 7 {
-        crate::image::ensure()?;
+        crate::image::ensure(step, &rootfs)?;
         args.extend(["--image".into(), crate::image::NAME.into()]);
     }
     if step.number >= 8 {

@@ -61,7 +61,9 @@ pub fn run() -> Result<()> {
     for requirement in setup::REQUIREMENTS {
         let found = requirement.find();
         let ok = found.map(|p| p.display().to_string()).unwrap_or_default();
-        let fix = format!("cargo xtask setup (as root), or: sudo apt-get install {}", requirement.package);
+        let command = setup::install_command(&[requirement.package])
+            .unwrap_or_else(|| format!("your distribution's package for {}", requirement.package));
+        let fix = format!("cargo xtask setup (as root, with apt-get), or: {command}");
         rows.push(presence(requirement.what, !ok.is_empty(), requirement.required, ok, fix));
     }
     rows.push(probe());
@@ -173,26 +175,63 @@ fn cgroups() -> Row {
         (Ok(magic), Ok(mounts)) => (magic, mounts),
         (Err(err), _) | (_, Err(err)) => return row(check, Status::Warn, format!("{err:#}")),
     };
-    match cgroup_mode(magic, &mounts) {
+    let mode = cgroup_mode(magic, &mounts);
+    let mut detail = match mode {
         CgroupMode::V2 => {
             let controllers =
                 std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
-            row(check, Status::Ok, format!("v2 (unified); controllers: {}", controllers.trim()))
+            format!("v2 (unified); controllers: {}", controllers.trim())
         }
-        mode => {
+        CgroupMode::Hybrid | CgroupMode::V1 => {
             let name = match mode {
                 CgroupMode::Hybrid => "hybrid (v1 controllers; v2 mount without controllers)",
                 _ => "v1",
             };
             let found = v1_controllers(&mounts);
-            let detail = if found.is_empty() {
+            if found.is_empty() {
                 format!("{name}; no memory, cpu or pids controller mounted")
             } else {
                 format!("{name}; v1 controllers mounted: {}", found.join(", "))
-            };
-            row(check, Status::Warn, detail)
+            }
+        }
+    };
+    detail.push_str(&format!("; {}", chapter_06(&mode)));
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if is_wsl(&release) {
+        detail.push_str(
+            "; WSL2: the layout depends on the distribution and on `systemd=true` in /etc/wsl.conf \
+             (with systemd, usually v2); `wsl --shutdown` after a change",
+        );
+    }
+    let status = match mode {
+        CgroupMode::V2 => Status::Ok,
+        _ => Status::Warn,
+    };
+    row(check, status, detail)
+}
+
+/// What the layout means for chapter 06 (cgroups), in a few words.
+fn chapter_06(mode: &CgroupMode) -> &'static str {
+    match mode {
+        CgroupMode::V2 => {
+            "chapter 06 writes memory.max, cpu.max and pids.max in /sys/fs/cgroup/workshop/ID: \
+             read the book's \"pure cgroup v2\" outputs"
+        }
+        CgroupMode::Hybrid => {
+            "chapter 06 uses the v1 trees (memory.limit_in_bytes, cpu.cfs_quota_us, pids.max); \
+             the v2 mount has no controllers, so it is ignored: read the book's v1 outputs"
+        }
+        CgroupMode::V1 => {
+            "chapter 06 uses the v1 trees (memory.limit_in_bytes, cpu.cfs_quota_us, pids.max): \
+             read the book's v1 outputs"
         }
     }
+}
+
+/// Windows' WSL2 kernels say so in their release ("5.15.153.1-microsoft-standard-WSL2").
+fn is_wsl(release: &str) -> bool {
+    let release = release.to_ascii_lowercase();
+    release.contains("microsoft") || release.contains("wsl")
 }
 
 /// The filesystem type ("magic") of the filesystem a path is on, from statfs(2).
@@ -317,6 +356,19 @@ mod tests {
         assert_eq!(v1_controllers(&mounts(HYBRID)), vec!["memory", "cpu", "pids"]);
         assert_eq!(v1_controllers(&mounts(V1)), vec!["memory", "cpu"]);
         assert!(v1_controllers(&mounts(V2)).is_empty());
+    }
+
+    #[test]
+    fn wsl_kernels() {
+        assert!(is_wsl("5.15.153.1-microsoft-standard-WSL2"));
+        assert!(!is_wsl("6.1.0-27-amd64"));
+    }
+
+    #[test]
+    fn every_layout_says_what_chapter_06_shows() {
+        for mode in [CgroupMode::V2, CgroupMode::Hybrid, CgroupMode::V1] {
+            assert!(chapter_06(&mode).contains("chapter 06"));
+        }
     }
 
     #[test]

@@ -6,21 +6,23 @@
 //! chapter can show all three cases. Both are plain tars, imported as the
 //! image "example" with the newest step's `image import`.
 
-use crate::{artifacts, as_root, display_path, rootfs, run as run_cmd, target_dir};
+use crate::artifacts::{self, Step};
+use crate::{as_root, display_path, rootfs, run as run_cmd, target_dir};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub const NAME: &str = "example";
 
-/// Imports the example image unless it is there already.
-pub fn ensure() -> Result<()> {
+/// Imports the example image with `step` unless it is there already.
+pub fn ensure(step: &Step, rootfs: &Path) -> Result<()> {
     match std::path::Path::new("/var/lib/workshop/images").join(NAME).exists() {
         true => Ok(()),
-        false => run(),
+        false => import(step, rootfs),
     }
 }
 
+/// The `image` task.
 pub fn run() -> Result<()> {
     let steps = artifacts::build_steps()?;
     let probe = artifacts::build_probe()?;
@@ -28,7 +30,12 @@ pub fn run() -> Result<()> {
     let Some(step) = steps.iter().rev().find(|s| s.number >= 7) else {
         bail!("images need step 07 (overlay) or later");
     };
-    let [base, app] = write_layers(&rootfs)?;
+    import(step, &rootfs)
+}
+
+/// Writes the layers from `rootfs` and imports them with `step` (07 or later).
+fn import(step: &Step, rootfs: &Path) -> Result<()> {
+    let [base, app] = write_layers(rootfs)?;
 
     // Replace an older example image, then import the new one (as root).
     let mut remove = Command::new(&step.bin);

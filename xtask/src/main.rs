@@ -49,8 +49,12 @@ enum Task {
     },
     /// Check that this machine can run the workshop.
     Doctor,
-    /// Run the newest step and show off what it isolates.
-    Demo,
+    /// Run the newest step and show off what it isolates (installs what it needs first).
+    Demo {
+        /// (For the VM tier) use the step binaries and probe in DIR instead of building them.
+        #[arg(long, value_name = "DIR", hide = true)]
+        prebuilt: Option<PathBuf>,
+    },
     /// Build and import the example layered image of chapter 07 ("example").
     Image,
     /// Measure start-to-exit times of every step against runc, unshare and a VM.
@@ -160,7 +164,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run(),
         Task::Rootfs { from, out } => rootfs::run(from, out),
         Task::Doctor => doctor::run(),
-        Task::Demo => demo::run(),
+        Task::Demo { prebuilt } => demo::run(prebuilt.as_deref()),
         Task::Image => image::run(),
         Task::Bench { quick, publish, only } => bench::run_only(quick, publish, &only),
         Task::BenchWorker { out, bundle, rootfs, bin_dir, quick, only } => {

@@ -40,6 +40,7 @@ pub const REQUIREMENTS: &[Requirement] = &[
     Requirement { what: "npm (book tier)", check: Check::Command("npm"), package: "npm", required: false },
     // The VM tier (xtask/src/vm.rs): qemu boots a Debian kernel package that dpkg-deb unpacks.
     Requirement { what: "qemu (VM tier)", check: Check::Command("qemu-system-x86_64"), package: "qemu-system-x86", required: false },
+    Requirement { what: "mmdebstrap (VM tier, systemd guest)", check: Check::Command("mmdebstrap"), package: "mmdebstrap", required: false },
     // The benchmark (xtask/src/bench.rs) measures runc next to the steps.
     Requirement { what: "runc (benchmark)", check: Check::Command("runc"), package: "runc", required: false },
 ];
@@ -62,18 +63,23 @@ pub fn run() -> Result<()> {
         println!("setup: everything the workshop needs is installed");
         return Ok(());
     }
+    let what: Vec<&str> = missing.iter().map(|r| r.what).collect();
+    println!("setup: missing {}", what.join(", "));
     apt_install(&missing, false)
 }
 
-/// For a task that needs a few of the requirements (the benchmark): install the
-/// missing ones among these packages the way `setup` does, through sudo when we are
-/// not root. Fails, saying what is missing and how to install it, when it cannot.
-pub fn install(packages: &[&str]) -> Result<()> {
+/// For a task that needs a few of the requirements (the demo, the benchmark): install
+/// the missing ones among these packages the way `setup` does, through sudo when we
+/// are not root, after one line that says what and `why`. Fails, saying what is
+/// missing and the command that installs it on this host, when it cannot.
+pub fn install(packages: &[&str], why: &str) -> Result<()> {
     let missing: Vec<&Requirement> =
         REQUIREMENTS.iter().filter(|r| packages.contains(&r.package) && r.find().is_none()).collect();
     if missing.is_empty() {
         return Ok(());
     }
+    let names: Vec<&str> = missing.iter().map(|r| r.package).collect();
+    println!("setup: installing {} with apt-get: {why}", names.join(" "));
     apt_install(&missing, true)
 }
 
@@ -82,15 +88,14 @@ pub fn install(packages: &[&str]) -> Result<()> {
 fn apt_install(missing: &[&Requirement], sudo: bool) -> Result<()> {
     let packages: Vec<&str> = missing.iter().map(|r| r.package).collect();
     let what: Vec<&str> = missing.iter().map(|r| r.what).collect();
-    println!("setup: missing {}", what.join(", "));
 
     let install = format!("apt-get install -y --no-install-recommends {}", packages.join(" "));
     if which("apt-get").is_none() {
-        bail!(
-            "missing {}; this is not a Debian/Ubuntu host (no apt-get): install the equivalent of the packages {}",
-            what.join(", "),
-            packages.join(" ")
-        );
+        let how = match install_command(&packages) {
+            Some(command) => format!("install them with: {command}"),
+            None => format!("install your distribution's packages for: {}", packages.join(", ")),
+        };
+        bail!("missing {}; this host has no apt-get: {how}", what.join(", "));
     }
     let can_install = is_root() || (sudo && sudo_available());
     if !can_install {
@@ -113,6 +118,49 @@ fn apt_install(missing: &[&Requirement], sudo: bool) -> Result<()> {
     }
     println!("setup: installed {}", packages.join(" "));
     Ok(())
+}
+
+/// The package managers of the other common distributions: (program, install command).
+#[rustfmt::skip]
+const MANAGERS: &[(&str, &str)] = &[
+    ("apt-get", "sudo apt-get install -y"),
+    ("dnf",     "sudo dnf install -y"),      // Fedora, RHEL, CentOS Stream
+    ("pacman",  "sudo pacman -S --needed"),  // Arch
+    ("zypper",  "sudo zypper install -y"),   // openSUSE
+    ("apk",     "sudo apk add"),             // Alpine
+];
+
+/// Debian's package names that other distributions spell differently:
+/// (Debian package, manager, its package there). Fedora's and Arch's `busybox`
+/// are statically linked already; the rootfs builder checks either way.
+#[rustfmt::skip]
+const RENAMED: &[(&str, &str, &str)] = &[
+    ("busybox-static",  "dnf",    "busybox"),
+    ("busybox-static",  "pacman", "busybox"),
+    ("iproute2",        "dnf",    "iproute"),
+    ("qemu-system-x86", "zypper", "qemu-x86"),
+    ("qemu-system-x86", "apk",    "qemu-system-x86_64"),
+];
+
+/// A Debian package's name under another package manager.
+pub fn package_for(manager: &str, debian: &str) -> String {
+    RENAMED
+        .iter()
+        .find(|(package, m, _)| *package == debian && *m == manager)
+        .map_or(debian, |(_, _, name)| name)
+        .to_string()
+}
+
+/// The command that installs these (Debian-named) packages with this host's
+/// package manager, or None when it has none we know.
+pub fn install_command(packages: &[&str]) -> Option<String> {
+    let (manager, command) = MANAGERS.iter().find(|(program, _)| which(program).is_some())?;
+    Some(install_command_for(manager, command, packages))
+}
+
+fn install_command_for(manager: &str, command: &str, packages: &[&str]) -> String {
+    let names: Vec<String> = packages.iter().map(|p| package_for(manager, p)).collect();
+    format!("{command} {}", names.join(" "))
 }
 
 /// The places a static busybox usually is: Debian's busybox-static installs /bin/busybox.
@@ -150,5 +198,38 @@ pub fn require_static_busybox() -> Result<PathBuf> {
             dynamic.join(", ")
         )
     };
-    bail!("the rootfs needs a static busybox: {found}; install busybox-static with `cargo xtask setup` (as root) or `sudo apt-get install busybox-static`")
+    let command =
+        install_command(&["busybox-static"]).unwrap_or("sudo apt-get install busybox-static".into());
+    bail!("the rootfs needs a static busybox: {found}; install it with `cargo xtask setup` (as root) or `{command}`")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packages_are_named_for_each_manager() {
+        assert_eq!(
+            install_command_for("apt-get", "sudo apt-get install -y", &["busybox-static", "iproute2"]),
+            "sudo apt-get install -y busybox-static iproute2"
+        );
+        assert_eq!(
+            install_command_for("dnf", "sudo dnf install -y", &["busybox-static", "iproute2"]),
+            "sudo dnf install -y busybox iproute"
+        );
+        assert_eq!(package_for("pacman", "busybox-static"), "busybox");
+        assert_eq!(package_for("apk", "busybox-static"), "busybox-static");
+        assert_eq!(package_for("zypper", "qemu-system-x86"), "qemu-x86");
+        assert_eq!(package_for("zypper", "runc"), "runc");
+    }
+
+    #[test]
+    fn every_requirement_has_a_manager_name() {
+        for (_, manager, _) in RENAMED {
+            assert!(MANAGERS.iter().any(|(m, _)| m == manager), "{manager} is not in MANAGERS");
+        }
+        for requirement in REQUIREMENTS {
+            assert!(!requirement.package.is_empty() && !requirement.what.is_empty());
+        }
+    }
 }
