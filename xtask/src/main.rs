@@ -108,6 +108,10 @@ enum Task {
         /// Every check on every step (the default under software emulation is every check once).
         #[arg(long)]
         all: bool,
+        /// Only this guest: initramfs (busybox, every check) or systemd (Debian 12, systemd as
+        /// PID 1: the demo's setup, steps 06 and newest) [default: both].
+        #[arg(long, value_name = "GUEST", value_parser = ["initramfs", "systemd"])]
+        guest: Option<String>,
         /// Arguments for the harness in the VM (test-name filters, --exact, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -172,7 +176,9 @@ fn main() -> ExitCode {
         }
         Task::Test { tiers, args } => test::run(&tiers, &args),
         Task::Build => artifacts::run(),
-        Task::VmTest { kernel, timeout, all, args } => vm::run(&vm::Options { kernel, timeout, all, args }),
+        Task::VmTest { kernel, timeout, all, guest, args } => {
+            vm::run(&vm::Options { kernel, timeout, all, args, guest })
+        }
         Task::Book { bless, open } => book::run(bless, open),
         Task::BookCommands { bless } => book::commands_task(bless),
         Task::Grade { exercises, solutions, watch, report } => {

@@ -18,8 +18,10 @@
 pub mod bench;
 mod cpio;
 mod kernel;
+mod systemd;
 
 use std::collections::VecDeque;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -31,8 +33,8 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    artifacts, display_path, is_static, output, rootfs, run as run_cmd, shell_quote, target_dir, which,
-    workspace_root,
+    artifacts, display_path, is_static, output, print_table, rootfs, run as run_cmd, shell_quote, target_dir,
+    which, workspace_root,
 };
 
 /// Checks that cannot work in the VM: (name filter, why). They are skipped with
@@ -70,6 +72,41 @@ pub struct Options {
     pub all: bool,
     /// Arguments for the harness (test-name filters, --exact, ...).
     pub args: Vec<String>,
+    /// Only this guest: "initramfs" or "systemd" [default: both].
+    pub guest: Option<String>,
+}
+
+/// The VM tier's guests.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum GuestKind {
+    /// Busybox in an initramfs, cgroup2 mounted by hand: every check on the newest step.
+    Initramfs,
+    /// Debian 12 with systemd as PID 1 (see `vm/systemd.rs`): the demo's setup, step 06
+    /// and the newest step's checks, systemd's own cgroup handling.
+    Systemd,
+}
+
+impl GuestKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            GuestKind::Initramfs => "initramfs",
+            GuestKind::Systemd => "systemd",
+        }
+    }
+
+    fn parse(name: &str) -> Result<GuestKind> {
+        match name {
+            "initramfs" => Ok(GuestKind::Initramfs),
+            "systemd" => Ok(GuestKind::Systemd),
+            other => bail!("unknown guest {other:?}: the guests are initramfs and systemd"),
+        }
+    }
+}
+
+/// What one guest did, for the summary.
+struct GuestReport {
+    /// One line per part: what ran, its result, its seconds.
+    parts: Vec<String>,
 }
 
 /// `target/vm`: the cache of everything the VM tier makes.
@@ -77,8 +114,50 @@ pub fn cache_dir() -> PathBuf {
     target_dir().join("vm")
 }
 
-/// The `vm-test` task.
+/// The `vm-test` task and the `vm` tier: each guest in turn (both by default), then a summary.
 pub fn run(options: &Options) -> Result<()> {
+    let guests = match options.guest.as_deref() {
+        None => vec![GuestKind::Initramfs, GuestKind::Systemd],
+        Some(name) => vec![GuestKind::parse(name)?],
+    };
+    let mut results = Vec::new();
+    for guest in &guests {
+        println!("\nvm: ==> guest {}", guest.name());
+        let started = Instant::now();
+        let result = match guest {
+            GuestKind::Initramfs => run_initramfs(options),
+            GuestKind::Systemd => systemd::run(options),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        match &result {
+            Ok(_) => println!("vm: guest {}: passed in {seconds:.1} s", guest.name()),
+            Err(err) => println!("vm: guest {}: FAILED after {seconds:.1} s: {err:#}", guest.name()),
+        }
+        results.push((*guest, result, seconds));
+    }
+    println!("\nvm: summary");
+    let mut rows = Vec::new();
+    for (guest, result, seconds) in &results {
+        let (outcome, parts) = match result {
+            Ok(report) => ("passed".to_string(), report.parts.clone()),
+            Err(err) => (format!("FAILED: {err:#}"), Vec::new()),
+        };
+        rows.push(vec![guest.name().to_string(), outcome, format!("{seconds:.1}")]);
+        for part in parts {
+            rows.push(vec![String::new(), part, String::new()]);
+        }
+    }
+    print_table(&["guest", "what ran", "seconds"], &rows);
+    let failed: Vec<&str> =
+        results.iter().filter(|(_, r, _)| r.is_err()).map(|(guest, _, _)| guest.name()).collect();
+    if !failed.is_empty() {
+        bail!("the tests failed in the guests: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The first guest: the initramfs with busybox, every check once.
+fn run_initramfs(options: &Options) -> Result<GuestReport> {
     let started = Instant::now();
     let qemu = which("qemu-system-x86_64").context(
         "no qemu-system-x86_64: install it with `cargo xtask setup` (as root) or `sudo apt-get install qemu-system-x86`",
@@ -123,7 +202,8 @@ pub fn run(options: &Options) -> Result<()> {
     let timeout = Duration::from_secs(options.timeout.unwrap_or(DEFAULT_TIMEOUT));
     let log = cache.join("console.log");
     let boot_started = Instant::now();
-    let outcome = boot(&qemu, accel, &kernel, &initrd, timeout, &log)?;
+    let extra = [OsString::from("-initrd"), initrd.into_os_string()];
+    let outcome = boot(&qemu, accel, &kernel.vmlinuz, &extra, &kernel_command_line(accel), timeout, &log)?;
     let booted = boot_started.elapsed().as_secs_f64();
 
     println!();
@@ -135,27 +215,38 @@ pub fn run(options: &Options) -> Result<()> {
     for summary in &outcome.summaries {
         println!("vm: {summary}");
     }
-    match outcome.exit {
-        Some(0) => {
-            println!("vm: passed");
-            Ok(())
-        }
-        Some(status) => bail!("the tests in the VM failed (the harness exited with {status})"),
-        None => {
-            if outcome.tail.is_empty() {
-                println!("vm: the console stayed empty");
-            } else {
-                println!("vm: the last lines of the console:");
-                for line in &outcome.tail {
-                    println!("  {line}");
+    let mut parts = vec![format!("prepared in {prepared:.1} s, booted and ran in {booted:.1} s")];
+    for (args, summary) in runs.iter().zip(&outcome.summaries) {
+        parts.push(format!("harness {}: {summary}", shell_words(args)));
+    }
+    outcome.result()?;
+    println!("vm: passed");
+    Ok(GuestReport { parts })
+}
+
+impl BootOutcome {
+    /// Ok when the sentinel says 0; else why not, with the end of the console.
+    fn result(&self) -> Result<()> {
+        let outcome = self;
+        match outcome.exit {
+            Some(0) => Ok(()),
+            Some(status) => bail!("the tests in the VM failed (the guest's sentinel says {status})"),
+            None => {
+                if outcome.tail.is_empty() {
+                    println!("vm: the console stayed empty");
+                } else {
+                    println!("vm: the last lines of the console:");
+                    for line in &outcome.tail {
+                        println!("  {line}");
+                    }
                 }
+                let why = if outcome.timed_out {
+                    format!("it was still running after {} s and was killed", outcome.timeout.as_secs())
+                } else {
+                    "qemu ended without it (a crash, or a kernel panic?)".to_string()
+                };
+                bail!("the VM never printed its result line ({SENTINEL} N): {why}")
             }
-            let why = if outcome.timed_out {
-                format!("it was still running after {} s and was killed", timeout.as_secs())
-            } else {
-                "qemu ended without it (a crash, or a kernel panic?)".to_string()
-            };
-            bail!("the VM never printed its result line ({SENTINEL} N): {why}")
         }
     }
 }
@@ -835,26 +926,36 @@ struct BootOutcome {
     /// The harness's exit status, from the sentinel line.
     exit: Option<i32>,
     timed_out: bool,
+    timeout: Duration,
+    /// The lines that carry a `WORKSHOP-` marker (parts, the book's outputs), from the marker on.
+    marked: Vec<String>,
+    /// Seconds from qemu's start to the first marked line (the boot, seen from the host).
+    first_marked: Option<f64>,
     /// libtest's "test result: ..." lines, one per harness run.
     summaries: Vec<String>,
     /// The last lines of the console.
     tail: VecDeque<String>,
 }
 
-/// Boots the VM, streams its console to stdout and `log`, and reads the sentinel.
+/// Boots the VM (`extra`: -initrd, -drive, ... for qemu), streams its console to
+/// stdout and `log`, and reads the sentinel. qemu is killed (by its pid) on timeout.
 fn boot(
     qemu: &Path,
     accel: Accel,
-    kernel: &kernel::Kernel,
-    initrd: &Path,
+    vmlinuz: &Path,
+    extra: &[OsString],
+    append: &str,
     timeout: Duration,
     log: &Path,
 ) -> Result<BootOutcome> {
-    let mut cmd = qemu_command(qemu, accel, &kernel.vmlinuz, &kernel_command_line(accel));
-    cmd.arg("-initrd").arg(initrd).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut cmd = qemu_command(qemu, accel, vmlinuz, append);
+    cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::piped());
     eprintln!("$ {}", crate::command_line(&cmd));
     let mut log_file = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
-    let mut child = cmd.spawn().with_context(|| format!("could not start {}", qemu.display()))?;
+    let child = cmd.spawn().with_context(|| format!("could not start {}", qemu.display()))?;
+    // Killed (by its pid) if we leave this function early, with an error or a panic.
+    let mut child = KillOnDrop(child);
+    let child = &mut child.0;
 
     let (lines, received) = mpsc::channel::<String>();
     let forward = |pipe: Box<dyn Read + Send>, lines: mpsc::Sender<String>| {
@@ -874,8 +975,15 @@ fn boot(
 
     let started = Instant::now();
     let deadline = started + timeout;
-    let mut outcome =
-        BootOutcome { exit: None, timed_out: false, summaries: Vec::new(), tail: VecDeque::new() };
+    let mut outcome = BootOutcome {
+        exit: None,
+        timed_out: false,
+        timeout,
+        marked: Vec::new(),
+        first_marked: None,
+        summaries: Vec::new(),
+        tail: VecDeque::new(),
+    };
     let stdout = std::io::stdout();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -886,6 +994,10 @@ fn boot(
                 let _ = writeln!(log_file, "[{:7.1}] {line}", started.elapsed().as_secs_f64());
                 if let Some(status) = parse_sentinel(&line) {
                     outcome.exit = Some(status);
+                }
+                if let Some(at) = line.find("WORKSHOP-") {
+                    outcome.marked.push(line[at..].to_string());
+                    outcome.first_marked.get_or_insert(started.elapsed().as_secs_f64());
                 }
                 if line.trim_start().starts_with("test result:") {
                     outcome.summaries.push(line.trim().to_string());
@@ -910,6 +1022,18 @@ fn boot(
         println!("vm: qemu ended ({status})");
     }
     Ok(outcome)
+}
+
+/// A qemu we started: killed (SIGKILL, by its pid) and reaped when dropped, unless it ended.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// A console line as text: no line ending, no terminal control sequences (the BIOS

@@ -13,6 +13,7 @@ mod oci;
 mod overlay;
 mod pid;
 mod security;
+mod systemd;
 mod user;
 mod uts;
 mod volume;
@@ -29,6 +30,7 @@ pub fn all() -> Vec<Check> {
         user::checks(),
         net::checks(),
         cgroup::checks(),
+        systemd::checks(),
         overlay::checks(),
         oci::checks(),
         volume::checks(),

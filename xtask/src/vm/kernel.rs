@@ -39,6 +39,13 @@ pub struct Kernel {
 /// The kernel for the VM: `choice` is a package name, a .deb file, or None for the
 /// newest `linux-image-6.1.0-N-amd64` that apt knows.
 pub fn prepare(cache: &Path, choice: Option<&str>) -> Result<Kernel> {
+    prepare_with(cache, choice, MODULES, "")
+}
+
+/// Like `prepare`, with other modules to load (`modules`, in any order: the
+/// dependencies come first). `flavour` names the set: each set is unpacked into a
+/// directory of its own ("" for the default `MODULES`), so guests do not take turns.
+pub fn prepare_with(cache: &Path, choice: Option<&str>, modules: &[&str], flavour: &str) -> Result<Kernel> {
     let deb = match choice {
         Some(path) if path.ends_with(".deb") => {
             let path = PathBuf::from(path);
@@ -65,7 +72,7 @@ pub fn prepare(cache: &Path, choice: Option<&str>) -> Result<Kernel> {
             },
         },
     };
-    unpack(cache, &deb)
+    unpack(cache, &deb, modules, flavour)
 }
 
 /// What `doctor` says about the kernel: cached, or which package would be downloaded.
@@ -195,12 +202,13 @@ fn download(cache: &Path, package: &str) -> Result<PathBuf> {
 }
 
 /// The kernel and modules from `deb`, unpacked once into target/vm/kernel/<deb name>/.
-fn unpack(cache: &Path, deb: &Path) -> Result<Kernel> {
+fn unpack(cache: &Path, deb: &Path, modules: &[&str], flavour: &str) -> Result<Kernel> {
     let name = deb.file_stem().context("the .deb has no name")?.to_string_lossy().into_owned();
     let package = name.split('_').next().unwrap_or(&name).to_string();
-    let dir = cache.join("kernel").join(&name);
+    let dir_name = if flavour.is_empty() { name.clone() } else { format!("{name}+{flavour}") };
+    let dir = cache.join("kernel").join(&dir_name);
     let stamp_path = dir.join("stamp");
-    let wanted = format!("format {FORMAT}\nmodules {}\n", MODULES.join(" "));
+    let wanted = format!("format {FORMAT}\nmodules {}\n", modules.join(" "));
     if let Ok(stamp) = fs::read_to_string(&stamp_path) {
         if let Some(kernel) = stamp.strip_prefix(&wanted).and_then(|rest| from_stamp(&dir, rest)) {
             return Ok(Kernel { package, ..kernel });
@@ -208,17 +216,24 @@ fn unpack(cache: &Path, deb: &Path) -> Result<Kernel> {
     }
 
     println!("vm: unpacking {}", display_path(deb));
-    let scratch = cache.join("kernel").join(format!(".{name}.unpack"));
+    let scratch = cache.join("kernel").join(format!(".{dir_name}.unpack"));
     let _ = fs::remove_dir_all(&scratch);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&scratch)?;
-    let result = unpack_into(deb, &scratch, &dir, &stamp_path, &wanted);
+    let result = unpack_into(deb, &scratch, &dir, &stamp_path, &wanted, modules);
     let _ = fs::remove_dir_all(&scratch);
     let kernel = result?;
     Ok(Kernel { package, ..kernel })
 }
 
-fn unpack_into(deb: &Path, scratch: &Path, dir: &Path, stamp_path: &Path, wanted: &str) -> Result<Kernel> {
+fn unpack_into(
+    deb: &Path,
+    scratch: &Path,
+    dir: &Path,
+    stamp_path: &Path,
+    wanted: &str,
+    modules: &[&str],
+) -> Result<Kernel> {
     run_cmd(Command::new("dpkg-deb").arg("-x").arg(deb).arg(scratch))?;
     let boot = scratch.join("boot");
     let vmlinuz = fs::read_dir(&boot)
@@ -238,7 +253,7 @@ fn unpack_into(deb: &Path, scratch: &Path, dir: &Path, stamp_path: &Path, wanted
         modinfo_depends(&read_module(path)?).with_context(|| format!("read {}", path.display()))
     };
     let wanted_modules: Vec<&str> =
-        MODULES.iter().copied().filter(|m| !builtin.iter().any(|b| b == &canonical(m))).collect();
+        modules.iter().copied().filter(|m| !builtin.iter().any(|b| b == &canonical(m))).collect();
     let order = load_order(&wanted_modules, &mut depends)?;
 
     fs::create_dir_all(dir.join("modules"))?;
