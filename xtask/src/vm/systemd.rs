@@ -138,6 +138,9 @@ pub fn prepare(
     let mke2fs = which("mke2fs").context("no mke2fs: apt-get install e2fsprogs")?;
     let cache = cache_dir();
     fs::create_dir_all(&cache)?;
+    // One build at a time (two engineers' vm-test, the book tier and the vm tier):
+    // held until the disk is made; a running qemu keeps its own (renamed-over) image.
+    let _lock = lock(&cache.join("lock"))?;
     let mut built = Vec::new();
     let kernel = kernel::prepare_with(&super::cache_dir(), kernel_choice, MODULES, "systemd")?;
 
@@ -321,6 +324,21 @@ pub fn run(options: &super::Options) -> Result<super::GuestReport> {
     Ok(super::GuestReport { parts: report })
 }
 
+/// An exclusive flock(2) on `path`, released when the file is dropped.
+fn lock(path: &Path) -> Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    // SAFETY: flock(2) on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        println!("vm: waiting for another build of the systemd guest ({})", display_path(path));
+        // SAFETY: as above, blocking this time.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("lock {}", path.display()));
+        }
+    }
+    Ok(file)
+}
+
 // ---------------------------------------------------------------- the base system
 
 /// The stamp of the base: what went into it.
@@ -354,7 +372,14 @@ fn base(cache: &Path) -> Result<(PathBuf, bool)> {
             "vm: building the systemd guest's base system from the cached packages in {}",
             display_path(&debs)
         );
-        result = mmdebstrap(&partial, &format!("deb [trusted=yes] file://{} ./", debs.display()), None);
+        // Every package of the cache by name: the archive's priorities (which decide
+        // what minbase installs) are not in the packages' own control files.
+        if !debs.join("Release").is_file() {
+            index_debs(&debs)?; // a cache from before the Release file
+        }
+        let names = deb_names(&debs)?;
+        let mirror = format!("deb [trusted=yes] file://{} ./", debs.display());
+        result = mmdebstrap(&partial, &mirror, None, &names);
         if let Err(err) = &result {
             println!("vm: from the cached packages: {err:#}; trying {MIRROR}");
             remove_tree(&partial)?;
@@ -365,13 +390,22 @@ fn base(cache: &Path) -> Result<(PathBuf, bool)> {
         let saved = cache.join("debs.partial");
         remove_tree(&saved)?;
         fs::create_dir_all(&saved)?;
-        mmdebstrap(&partial, MIRROR, Some(&saved))
-            .context("could not build the systemd guest's base system")?;
-        index_debs(&saved)?;
+        let built = mmdebstrap(&partial, MIRROR, Some(&saved), &[])
+            .context("could not build the systemd guest's base system")
+            .and_then(|()| index_debs(&saved));
+        if let Err(err) = built {
+            // Nothing half-made stays behind.
+            remove_tree(&partial)?;
+            remove_tree(&saved)?;
+            return Err(err);
+        }
         remove_tree(&debs)?;
         fs::rename(&saved, &debs)?;
     }
-    customise(&partial)?;
+    if let Err(err) = customise(&partial) {
+        remove_tree(&partial)?;
+        return Err(err);
+    }
     fs::rename(&partial, &dir)?;
     fs::write(&stamp_path, stamp)?;
     println!(
@@ -385,10 +419,12 @@ fn base(cache: &Path) -> Result<(PathBuf, bool)> {
 
 /// mmdebstrap into `dir` from `mirror`; `save` receives the .debs it installed.
 /// In a mount namespace of its own: whatever it mounts is gone when it ends.
-fn mmdebstrap(dir: &Path, mirror: &str, save: Option<&Path>) -> Result<()> {
+fn mmdebstrap(dir: &Path, mirror: &str, save: Option<&Path>, more: &[String]) -> Result<()> {
     let mut cmd = Command::new("unshare");
+    let mut include: Vec<&str> = PACKAGES.to_vec();
+    include.extend(more.iter().map(String::as_str).filter(|name| !PACKAGES.contains(name)));
     cmd.args(["--mount", "--propagation", "private", "mmdebstrap", "--variant=minbase", "--mode=root"])
-        .arg(format!("--include={}", PACKAGES.join(",")));
+        .arg(format!("--include={}", include.join(",")));
     for pattern in EXCLUDE {
         cmd.arg(format!("--dpkgopt=path-exclude={pattern}"));
     }
@@ -402,6 +438,20 @@ fn mmdebstrap(dir: &Path, mirror: &str, save: Option<&Path>) -> Result<()> {
     }
     cmd.arg(SUITE).arg(dir).arg(mirror);
     run_cmd(&mut cmd)
+}
+
+/// The package names of the .debs in `dir` (`NAME_VERSION_ARCH.deb`), sorted.
+fn deb_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.strip_suffix(".deb").and_then(|f| f.split('_').next()).map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 /// The Packages index of a flat apt repository (`deb [trusted=yes] file:DIR ./`).
@@ -424,8 +474,23 @@ fn index_debs(dir: &Path) -> Result<()> {
         let name = deb.file_name().unwrap().to_string_lossy();
         index.push_str(&packages_stanza(&control, &name, fs::metadata(deb)?.len(), sha256));
     }
-    fs::write(dir.join("Packages"), index)?;
+    fs::write(dir.join("Packages"), &index)?;
+    // A Release file that names the suite: mmdebstrap picks the essential packages
+    // of the suite it is asked for (`?archive(^bookworm$)`), which a flat repository
+    // without one does not have. Unsigned: the sources say [trusted=yes].
+    let sum = output(Command::new("sha256sum").arg(dir.join("Packages")))?;
+    let sha256 = sum.split_whitespace().next().context("sha256sum printed nothing")?;
+    let date = output(Command::new("date").args(["-u", "-R"]))?;
+    fs::write(dir.join("Release"), release_file(SUITE, date.trim(), sha256, index.len()))?;
     Ok(())
+}
+
+/// The Release file of a flat repository holding one Packages index.
+pub fn release_file(suite: &str, date: &str, packages_sha256: &str, packages_size: usize) -> String {
+    format!(
+        "Origin: workshop\nLabel: workshop\nSuite: {suite}\nCodename: {suite}\nArchitectures: amd64 all\n\
+         Date: {date}\nSHA256:\n {packages_sha256} {packages_size} Packages\n"
+    )
 }
 
 /// One package's entry in a Packages file: its control fields, then where it is.
@@ -797,6 +862,13 @@ mod tests {
         );
         assert_eq!(parse_part("WORKSHOP-VM-PART: demo"), None);
         assert_eq!(parse_part("WORKSHOP-VM-PART: $name $code $(( x ))ms"), None);
+    }
+
+    #[test]
+    fn a_release_file_names_the_suite_and_the_index() {
+        let release = release_file("bookworm", "Tue, 01 Dec 2026 20:00:00 +0000", "ab12", 42);
+        assert!(release.contains("\nSuite: bookworm\nCodename: bookworm\n"));
+        assert!(release.ends_with("SHA256:\n ab12 42 Packages\n"));
     }
 
     #[test]
