@@ -209,6 +209,7 @@ pub struct Booted {
 
 /// Builds what the guest needs for `plan`, boots it, reads its console.
 pub fn boot(
+    log_name: &str,
     kernel_choice: Option<&str>,
     timeout: Option<u64>,
     plan_for: &dyn Fn(&str) -> Plan,
@@ -263,7 +264,7 @@ pub fn boot(
         super::kernel_command_line(accel)
     );
     let timeout = std::time::Duration::from_secs(timeout.unwrap_or(super::DEFAULT_TIMEOUT));
-    let log = cache_dir().join("console.log");
+    let log = cache_dir().join(log_name);
     let boot_started = Instant::now();
     let outcome = super::boot(&qemu, accel, &guest.kernel.vmlinuz, &extra, &append, timeout, &log)?;
     let booted = boot_started.elapsed().as_secs_f64();
@@ -282,7 +283,7 @@ pub fn run(options: &super::Options) -> Result<super::GuestReport> {
         "vm: the book's ```console,cgroup-v2 blocks run in this guest from the book tier \
          (cargo xtask book, cargo xtask test --tier book), not here"
     );
-    let booted = boot(options.kernel.as_deref(), options.timeout, &plan_for)?;
+    let booted = boot("console.log", options.kernel.as_deref(), options.timeout, &plan_for)?;
     let mut report = Vec::new();
     for (what, seconds) in &booted.built {
         report.push(format!("built the {what} in {seconds:.1} s"));
@@ -852,6 +853,23 @@ pub fn parse_part(line: &str) -> Option<(String, i32, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_harness_runs_step_06_and_the_newest_step() {
+        let runs = harness_plan(&[], "08-volumes");
+        let names: Vec<&str> = runs.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["harness-06-cgroups", "harness-08-volumes"]);
+        assert_eq!(runs[0].1[0], "06-cgroups::");
+        assert_eq!(runs[1].1[0], "08-volumes::");
+        assert!(runs[1].1.windows(2).any(|w| w == ["--skip", "faults::soak_"]));
+        // Step 06 is the newest: one run.
+        assert_eq!(harness_plan(&[], "06-cgroups").len(), 1);
+        // Filters: just those.
+        assert_eq!(
+            harness_plan(&["cgroup".into()], "08-volumes"),
+            [("harness".to_string(), vec!["cgroup".to_string()])]
+        );
+    }
 
     #[test]
     fn part_lines() {
