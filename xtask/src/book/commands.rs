@@ -6,7 +6,23 @@
 //! it prints, stdout and stderr together. Every such command is run and must print
 //! that (after `normalise`) and exit with status 0; a block that shows a failure
 //! ends its command with `; echo "exit status: $?"`, as a reader would type it.
-//! ```sh blocks are shown, never run (interactive shells, two terminals).
+//! ```sh blocks are shown, never run (interactive shells, output that depends on
+//! the reader's machine). ```console,cgroup-v2 blocks show a pure cgroup v2 host:
+//! they follow the same convention but run in the VM tier's guest, not here.
+//!
+//! Two terminals: a ```console,terminal-1 block followed (as the next console
+//! block of the same file) by a ```console,terminal-2 block is one scene, told as
+//! a reader with two terminals side by side would live it. Each terminal is one
+//! `bash` session (variables and `cd` persist from one of its commands to the
+//! next). The runner starts terminal 1's commands in the background and waits
+//! until terminal 1 has printed its first line: that line is the ready marker (a
+//! container that prints its hostname, which is its id, or a runtime that prints
+//! the id). Then it runs terminal 2's commands, and when they are done, waits for
+//! terminal 1 to end. Both blocks' outputs are compared and blessed like any
+//! other's; each session is killed after `TIMEOUT` per command it holds, and
+//! nothing either started may still run at the end. Terminal 2 finds the
+//! container as a reader would: `id=$(ls /run/workshop/containers)` (the book
+//! runs one container at a time), or from what terminal 1 printed.
 //!
 //! The commands run as root from the workspace root, each in a fresh `bash`, with
 //! `sudo` defined as a function that just runs its arguments (through `env`, so
@@ -117,23 +133,50 @@ pub fn run_as_root(bless: bool) -> Result<()> {
     let (mut commands, mut failed, mut blessed) = (0, 0, 0);
     for file in markdown_files(&book_dir().join("src"))? {
         let text = std::fs::read_to_string(&file).with_context(|| format!("read {}", file.display()))?;
-        let blocks = parse(&text);
+        let mut blocks = parse(&text);
+        // The host is not a pure cgroup v2 machine: those blocks run in the VM tier.
+        blocks.retain(|b| !b.cgroup_v2);
         if blocks.is_empty() {
             continue;
+        }
+        let scenes = match scenes(&blocks) {
+            Ok(scenes) => scenes,
+            Err(problem) => {
+                failed += 1;
+                println!("\nFAILED {}: {problem}", display_path(&file));
+                continue;
+            }
+        };
+        // Run first (the two blocks of a scene run together), then compare.
+        let mut results: Vec<Vec<Ran>> = blocks.iter().map(|_| Vec::new()).collect();
+        for scene in scenes {
+            match scene {
+                Scene::Alone(b) => {
+                    for cmd in &blocks[b].commands {
+                        results[b].push(execute(&cmd.shell)?);
+                    }
+                }
+                Scene::Terminals(one, two) => {
+                    let (first, second) = two_terminals(&blocks[one], &blocks[two])?;
+                    results[one] = first;
+                    results[two] = second;
+                }
+            }
         }
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         // Replace blocks from the last to the first, so earlier line numbers stay valid.
         let mut replacements = Vec::new();
-        for block in &blocks {
+        for (block, results) in blocks.iter().zip(results) {
             let mut rendered = Vec::new();
             let mut changed = false;
-            for cmd in &block.commands {
+            for (cmd, ran) in block.commands.iter().zip(results) {
                 commands += 1;
-                let ran = execute(&cmd.shell)?;
                 let place = format!("{}:{}", display_path(&file), cmd.line + 1);
                 let matches = normalise(&cmd.expected_output(&block.indent)) == normalise(&ran.output);
                 let mut problems = Vec::new();
-                if ran.timed_out {
+                if let Some(why) = &ran.not_run {
+                    problems.push(why.clone());
+                } else if ran.timed_out {
                     problems.push(format!("killed after {}s", TIMEOUT.as_secs()));
                 } else if ran.status != Some(0) {
                     problems.push(format!(
@@ -200,14 +243,14 @@ fn report(place: &str, cmd: &Cmd, expected: &str, output: &str, problems: &[Stri
 }
 
 /// A command's output as lines, without trailing blanks.
-fn output_lines(output: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn output_lines(output: &str) -> impl Iterator<Item = &str> {
     let lines: Vec<&str> = output.lines().map(str::trim_end).collect();
     let keep = lines.iter().rposition(|l| !l.is_empty()).map_or(0, |i| i + 1);
     lines.into_iter().take(keep)
 }
 
 /// Every markdown file under `dir`, sorted; the generated diffs have no commands.
-fn markdown_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn markdown_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
         let path = entry?.path();
@@ -228,39 +271,44 @@ fn markdown_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// A ```console block: its commands, and the lines it spans (between the fences).
 #[derive(Debug, PartialEq)]
-struct Block {
+pub(crate) struct Block {
     /// Index of the first line after the opening fence.
-    first: usize,
+    pub(crate) first: usize,
     /// Index of the closing fence (or the end of the file).
-    end: usize,
+    pub(crate) end: usize,
     /// The indentation of the fence (blocks inside list items are indented).
-    indent: String,
-    commands: Vec<Cmd>,
+    pub(crate) indent: String,
+    /// 1 or 2 for a ```console,terminal-N block (see the module comment).
+    pub(crate) terminal: Option<u8>,
+    /// A ```console,cgroup-v2 block: it shows a pure cgroup v2 host, and runs in
+    /// the VM tier's guest, never here.
+    pub(crate) cgroup_v2: bool,
+    pub(crate) commands: Vec<Cmd>,
 }
 
 /// One `$ command` and the output the book shows for it.
 #[derive(Debug, PartialEq)]
-struct Cmd {
+pub(crate) struct Cmd {
     /// Index of its first line in the file.
-    line: usize,
+    pub(crate) line: usize,
     /// Its lines as written, with the prompt.
-    shown: Vec<String>,
+    pub(crate) shown: Vec<String>,
     /// What the shell runs: the lines without prompt and indentation.
-    shell: String,
+    pub(crate) shell: String,
     /// The output lines as written (with indentation).
-    expected: Vec<String>,
+    pub(crate) expected: Vec<String>,
 }
 
 impl Cmd {
     /// The output the book shows, without the block's indentation.
-    fn expected_output(&self, indent: &str) -> String {
+    pub(crate) fn expected_output(&self, indent: &str) -> String {
         let lines: Vec<&str> = self.expected.iter().map(|l| l.strip_prefix(indent).unwrap_or(l)).collect();
         lines.join("\n")
     }
 }
 
 /// Find the ```console blocks of a markdown text.
-fn parse(text: &str) -> Vec<Block> {
+pub(crate) fn parse(text: &str) -> Vec<Block> {
     let lines: Vec<&str> = text.lines().collect();
     let mut blocks = Vec::new();
     let mut i = 0;
@@ -274,17 +322,60 @@ fn parse(text: &str) -> Vec<Block> {
         while end < lines.len() && !fence_closes(lines[end], &fence) {
             end += 1;
         }
-        if info.split([',', ' ', '{']).next() == Some("console") {
+        let tags: Vec<&str> = info.split([',', ' ', '{', '}']).filter(|t| !t.is_empty()).collect();
+        if tags.first() == Some(&"console") {
+            let terminal = tags.iter().find_map(|t| match *t {
+                "terminal-1" => Some(1),
+                "terminal-2" => Some(2),
+                _ => None,
+            });
             blocks.push(Block {
                 first,
                 end,
                 indent: indent.to_string(),
+                terminal,
+                cgroup_v2: tags.contains(&"cgroup-v2"),
                 commands: commands(&lines[first..end], first, indent),
             });
         }
         i = end + 1;
     }
     blocks
+}
+
+/// How the blocks of a file run: alone, or a terminal-1 block with the terminal-2
+/// block after it. A terminal block without its partner is an error.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Scene {
+    Alone(usize),
+    Terminals(usize, usize),
+}
+
+pub(crate) fn scenes(blocks: &[Block]) -> std::result::Result<Vec<Scene>, String> {
+    let mut scenes = Vec::new();
+    let mut i = 0;
+    while i < blocks.len() {
+        match blocks[i].terminal {
+            None => scenes.push(Scene::Alone(i)),
+            Some(1) if blocks.get(i + 1).is_some_and(|b| b.terminal == Some(2)) => {
+                scenes.push(Scene::Terminals(i, i + 1));
+                i += 1;
+            }
+            Some(n) => {
+                let wanted = if n == 1 {
+                    "a console,terminal-2 block after it"
+                } else {
+                    "a console,terminal-1 block before it"
+                };
+                return Err(format!(
+                    "the console,terminal-{n} block at line {} needs {wanted}",
+                    blocks[i].first
+                ));
+            }
+        }
+        i += 1;
+    }
+    Ok(scenes)
 }
 
 /// An opening fence: (the fence, the indentation, the info string).
@@ -343,6 +434,8 @@ struct Ran {
     status: Option<i32>,
     timed_out: bool,
     left_running: bool,
+    /// Why a terminal's command never ran or never finished (its session ended first).
+    not_run: Option<String>,
 }
 
 /// Make this process's own namespaces for the commands (see the module comment).
@@ -463,7 +556,202 @@ fn execute(shell: &str) -> Result<Ran> {
         status: status.code(),
         timed_out,
         left_running,
+        not_run: None,
     })
+}
+
+// ---------------------------------------------------------------------------
+// Two terminals (see the module comment)
+
+/// One terminal: a `bash` running a block's commands one after the other, in the
+/// background, printing a marker line with its status after each.
+struct Session {
+    child: std::process::Child,
+    group: i32,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    collector: std::thread::JoinHandle<()>,
+    start: Instant,
+    limit: Duration,
+    mark: String,
+    commands: usize,
+}
+
+impl Session {
+    fn start(commands: &[Cmd], terminal: u8) -> Result<Session> {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let mark = format!("@@book-terminal-{terminal}-{}-{nanos}@@", std::process::id());
+        let mut script = String::from("sudo() { env \"$@\"; }\n");
+        for (n, cmd) in commands.iter().enumerate() {
+            // The newline first: the marker is on a line of its own even after an
+            // output without one (the blank line it may add does not count).
+            script.push_str(&format!("{}\nprintf '\\n%s %d %d\\n' '{mark}' {n} $?\n", cmd.shell));
+        }
+        let (mut reader, writer) = std::io::pipe().context("create a pipe")?;
+        let child = {
+            let mut cmd = Command::new("bash");
+            cmd.arg("-c")
+                .arg(script)
+                .current_dir(workspace_root())
+                .env_clear()
+                .envs(ENV)
+                .stdin(Stdio::null())
+                .stdout(writer.try_clone()?)
+                .stderr(writer)
+                .process_group(0);
+            cmd.spawn().context("start bash")?
+        };
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = output.clone();
+        let collector = std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().expect("not poisoned").extend_from_slice(&chunk[..n]);
+            }
+        });
+        Ok(Session {
+            group: child.id() as i32,
+            child,
+            output,
+            collector,
+            start: Instant::now(),
+            limit: TIMEOUT * commands.len().max(1) as u32,
+            mark,
+            commands: commands.len(),
+        })
+    }
+
+    /// Wait until the terminal has printed a line (or has ended); false if it did
+    /// neither in time (it is killed then).
+    fn ready(&mut self) -> Result<bool> {
+        loop {
+            if self.output.lock().expect("not poisoned").contains(&b'\n') {
+                return Ok(true);
+            }
+            if self.child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            if self.start.elapsed() > self.limit {
+                // SAFETY: kill(2) on the process group we created.
+                unsafe { libc::kill(-self.group, libc::SIGKILL) };
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait for the end of the session's bash (killing it after its time); true if
+    /// it had to be killed.
+    fn wait(&mut self) -> Result<bool> {
+        let mut timed_out = false;
+        loop {
+            if self.child.try_wait()?.is_some() {
+                return Ok(timed_out);
+            }
+            if !timed_out && self.start.elapsed() > self.limit {
+                timed_out = true;
+                // SAFETY: kill(2) on the process group we created.
+                unsafe { libc::kill(-self.group, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// After `wait` and `reap_orphans`: each command's output and status.
+    fn results(self, timed_out: bool) -> Vec<Ran> {
+        // SAFETY: kill(2) with signal 0 only checks; SIGKILL ends what was left.
+        let left_running = unsafe { libc::kill(-self.group, 0) } == 0;
+        if left_running {
+            unsafe { libc::kill(-self.group, libc::SIGKILL) };
+            std::thread::sleep(Duration::from_millis(100));
+            reap_orphans();
+        }
+        let _ = self.collector.join();
+        let bytes = std::mem::take(&mut *self.output.lock().expect("not poisoned"));
+        let mut results = split_session(&String::from_utf8_lossy(&bytes), &self.mark, self.commands);
+        for ran in &mut results {
+            if ran.not_run.is_some() && timed_out {
+                ran.timed_out = true;
+                ran.not_run = Some(format!("its terminal was killed after {}s", self.limit.as_secs()));
+            }
+        }
+        if let Some(last) = results.last_mut() {
+            last.left_running = left_running;
+        }
+        results
+    }
+}
+
+/// A session's output cut at its marker lines (`MARK N STATUS`): one result per
+/// command; commands without a marker never finished.
+fn split_session(output: &str, mark: &str, commands: usize) -> Vec<Ran> {
+    let mut results = Vec::new();
+    let mut current = String::new();
+    for line in output.lines() {
+        let status = line
+            .strip_prefix(mark)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|rest| rest.split_once(' '))
+            .filter(|(n, _)| n.parse::<usize>().is_ok())
+            .and_then(|(_, status)| status.parse::<i32>().ok());
+        match status {
+            Some(status) if results.len() < commands => {
+                let output = std::mem::take(&mut current);
+                results.push(Ran {
+                    output,
+                    status: Some(status),
+                    timed_out: false,
+                    left_running: false,
+                    not_run: None,
+                });
+            }
+            _ => {
+                current.push_str(line);
+                current.push('\n');
+            }
+        }
+    }
+    while results.len() < commands {
+        let output = std::mem::take(&mut current);
+        let not_run = Some("its terminal ended before this command finished".to_string());
+        results.push(Ran { output, status: None, timed_out: false, left_running: false, not_run });
+    }
+    results
+}
+
+/// Terminal 1 in the background until it prints its first line, terminal 2 to its
+/// end, then the end of terminal 1.
+fn two_terminals(one: &Block, two: &Block) -> Result<(Vec<Ran>, Vec<Ran>)> {
+    let mut first = Session::start(&one.commands, 1)?;
+    let second = if first.ready()? {
+        let mut second = Session::start(&two.commands, 2)?;
+        let timed_out = second.wait()?;
+        Some((second, timed_out))
+    } else {
+        None
+    };
+    let first_timed_out = first.wait()?;
+    // Only now: reaping orphans earlier could reap terminal 1's own bash.
+    reap_orphans();
+    let first = first.results(first_timed_out);
+    let second = match second {
+        Some((second, timed_out)) => second.results(timed_out),
+        None => two
+            .commands
+            .iter()
+            .map(|_| Ran {
+                output: String::new(),
+                status: None,
+                timed_out: false,
+                left_running: false,
+                not_run: Some("not run: terminal 1 printed nothing in time".to_string()),
+            })
+            .collect(),
+    };
+    Ok((first, second))
 }
 
 fn reap_orphans() {
@@ -636,6 +924,48 @@ mod tests {
         assert_eq!(blocks[1].commands[0].shell, "true");
         let indented = parse("  ```console\n  $ echo a\n  a\n   b\n  ```\n");
         assert_eq!(indented[0].commands[0].expected_output("  "), "a\n b");
+    }
+
+    #[test]
+    fn terminal_blocks_pair_up() {
+        let text = "```console,terminal-1\n$ a\n1\n```\ntext\n```console,terminal-2\n$ b\n$ c\n```\n```console\n$ d\n```\n";
+        let blocks = parse(text);
+        let terminals: Vec<Option<u8>> = blocks.iter().map(|b| b.terminal).collect();
+        assert_eq!(terminals, vec![Some(1), Some(2), None]);
+        assert_eq!(blocks[1].commands.len(), 2);
+        assert_eq!(scenes(&blocks), Ok(vec![Scene::Terminals(0, 1), Scene::Alone(2)]));
+        // Other tags (cgroup-v2, say) do not get in the way.
+        let v2 = parse("```console,cgroup-v2,terminal-2\n$ x\n```\n```console\n$ y\n```\n");
+        assert_eq!((v2[0].terminal, v2[0].cgroup_v2, v2[1].cgroup_v2), (Some(2), true, false));
+        // A terminal block alone, or the two in the wrong order, is an error.
+        for text in [
+            "```console,terminal-1\n$ a\n```\n```console\n$ b\n```\n",
+            "```console,terminal-2\n$ a\n```\n",
+            "```console,terminal-2\n$ a\n```\n```console,terminal-1\n$ b\n```\n",
+            "```console,terminal-1\n$ a\n```\n",
+        ] {
+            assert!(scenes(&parse(text)).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_session_is_cut_at_its_markers() {
+        let out = "one\n\nMARK 0 0\nno newline\nMARK 1 3\n\nMARK 2 0\nhalf";
+        let ran = split_session(out, "MARK", 4);
+        let got: Vec<(&str, Option<i32>, bool)> =
+            ran.iter().map(|r| (r.output.as_str(), r.status, r.not_run.is_some())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("one\n\n", Some(0), false),
+                ("no newline\n", Some(3), false),
+                ("\n", Some(0), false),
+                ("half\n", None, true)
+            ]
+        );
+        // A line that only starts like a marker is output.
+        let ran = split_session("MARKER 0 0\nMARK 0 0\n", "MARK", 1);
+        assert_eq!((ran[0].output.as_str(), ran[0].status), ("MARKER 0 0\n", Some(0)));
     }
 
     #[test]
