@@ -184,15 +184,19 @@ fn run(args: RunArgs) -> Result<i32> {
     }
     // Signals first: a Ctrl-C during setup must not end us before the teardown.
     pid::forward_signals()?;
+    // ANCHOR: make_group
     // What lives outside is recorded first, then made; each part is removed
     // when dropped, on every way out of this function.
     let _record = state::create(&id)?;
     cgroup::remove_stale();
     let limits = cgroup::Limits { memory_bytes: args.memory, cpus: args.cpus, pids: args.pids_limit };
     let cgroup = cgroup::create(&id, limits)?;
+    // ANCHOR_END: make_group
     let mut network = net::prepare(args.net, &id)?;
+    // ANCHOR: overlay_root
     let mut root = overlay::mount_root(&id, &layers, !args.rm, userns.map_or(0, |m| m.start))?;
     let rootfs = root.merged();
+    // ANCHOR_END: overlay_root
     let mut sync = sync::Sync::new()?;
     let child_pid =
         process::spawn(flags, || child(&mut sync, userns.is_some(), &hostname, &rootfs, &args.command))?;
@@ -206,9 +210,12 @@ fn run(args: RunArgs) -> Result<i32> {
     sync.release_child()?;
 
     let status = process::wait_for(child_pid)?;
+    // ANCHOR: keep_layer
     if status != process::RUNTIME_FAILED && !args.rm {
         root.keep();
     }
+    // ANCHOR_END: keep_layer
+    // ANCHOR: oom_report
     if cgroup.oom_killed() {
         eprintln!(
             "{}: container killed: out of memory (limit {})",
@@ -216,9 +223,11 @@ fn run(args: RunArgs) -> Result<i32> {
             cgroup.memory_limit()
         );
     }
+    // ANCHOR_END: oom_report
     Ok(status)
 }
 
+// ANCHOR: cleanup
 /// `cleanup`: the groups, overlay mounts, leases and records of runtimes that were killed.
 fn cleanup() -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
@@ -230,6 +239,7 @@ fn cleanup() -> Result<i32> {
     state::remove_stale();
     Ok(0)
 }
+// ANCHOR_END: cleanup
 // ANCHOR_END: run
 
 // ANCHOR: outside_setup

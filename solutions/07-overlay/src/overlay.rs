@@ -47,9 +47,10 @@ pub fn mount_root(id: &str, lowers: &[PathBuf], keep: bool, owner: u32) -> Resul
     let listed: Vec<String> = lowers.iter().map(|l| l.to_string_lossy().into_owned()).collect();
     std::fs::write(dir.join("lowers"), listed.join("\n") + "\n")?;
 
+    // ANCHOR: overlay_options
     // overlayfs lists the top layer first. All its options must fit in one
-    // page (4096 bytes): with many layers, name them relative to their common
-    // directory and mount from there.
+    // page (4096 bytes on most machines): with many layers, name them relative
+    // to their common directory and mount from there.
     let common =
         lowers.first().and_then(|l| l.parent()).filter(|p| lowers.iter().all(|l| l.parent() == Some(*p)));
     let names: Vec<String> = lowers
@@ -83,6 +84,7 @@ pub fn mount_root(id: &str, lowers: &[PathBuf], keep: bool, owner: u32) -> Resul
     mounted.with_context(|| {
         format!("mount the overlay ({} layers) on {}/merged", lowers.len(), dir.display())
     })?;
+    // ANCHOR_END: overlay_options
     root.mounted = true;
     crate::process::fault("overlay")?;
     Ok(root)

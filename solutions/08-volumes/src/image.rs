@@ -110,6 +110,7 @@ fn extract_tar(file: &Path, layer: &Path) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().context("read the tar")? {
         let mut entry = entry.context("read the tar")?;
+        // ANCHOR: tar_whiteouts
         let raw = entry.path().context("entry name")?.into_owned();
         let Some(relative) = checked_relative(&raw)? else { continue };
         let target = layer.join(&relative);
@@ -127,6 +128,7 @@ fn extract_tar(file: &Path, layer: &Path) -> Result<()> {
             overlay::make_whiteout(&parent.join(hidden))?;
             continue;
         }
+        // ANCHOR_END: tar_whiteouts
         let header = entry.header().clone();
         let kind = header.entry_type();
         // Replace what an earlier entry left there; a directory may stay, a symlink may not
@@ -135,6 +137,7 @@ fn extract_tar(file: &Path, layer: &Path) -> Result<()> {
         if !kind.is_dir() || is_symlink {
             remove_existing(&target)?;
         }
+        // ANCHOR: tar_kinds
         match kind {
             tar::EntryType::Directory => std::fs::create_dir_all(&target)?,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -158,6 +161,7 @@ fn extract_tar(file: &Path, layer: &Path) -> Result<()> {
             }
             other => bail!("refused: {} is a {other:?} entry, which layers do not use", raw.display()),
         }
+        // ANCHOR_END: tar_kinds
         let (uid, gid) = (header.uid()? as u32, header.gid()? as u32);
         lchown(&target, Some(uid), Some(gid))?;
         if !kind.is_symlink() {

@@ -111,12 +111,14 @@ fn run(args: RunArgs) -> Result<i32> {
     }
     // Signals first: a Ctrl-C during setup must not end us before the teardown.
     pid::forward_signals()?;
+    // ANCHOR: make_group
     // What lives outside is recorded first, then made; each part is removed
     // when dropped, on every way out of this function.
     let _record = state::create(&id)?;
     cgroup::remove_stale();
     let limits = cgroup::Limits { memory_bytes: args.memory, cpus: args.cpus, pids: args.pids_limit };
     let cgroup = cgroup::create(&id, limits)?;
+    // ANCHOR_END: make_group
     let mut network = net::prepare(args.net, &id)?;
     let mut sync = sync::Sync::new()?;
     let child_pid =
@@ -131,6 +133,7 @@ fn run(args: RunArgs) -> Result<i32> {
     sync.release_child()?;
 
     let status = process::wait_for(child_pid)?;
+    // ANCHOR: oom_report
     if cgroup.oom_killed() {
         eprintln!(
             "{}: container killed: out of memory (limit {})",
@@ -138,9 +141,11 @@ fn run(args: RunArgs) -> Result<i32> {
             cgroup.memory_limit()
         );
     }
+    // ANCHOR_END: oom_report
     Ok(status)
 }
 
+// ANCHOR: cleanup
 /// `cleanup`: the groups, leases and records of runtimes that were killed.
 fn cleanup() -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
@@ -151,6 +156,7 @@ fn cleanup() -> Result<i32> {
     state::remove_stale();
     Ok(0)
 }
+// ANCHOR_END: cleanup
 // ANCHOR_END: run
 
 // ANCHOR: outside_setup
