@@ -14,7 +14,7 @@
 //! anchor, the build is clean, every console command prints what the book shows,
 //! and the rendered pages work in a real headless Chromium (`book/tests/`).
 
-mod commands;
+pub(crate) mod commands;
 mod diffs;
 pub mod figures;
 mod links;
@@ -61,6 +61,7 @@ pub fn run(bless: bool, open: bool) -> Result<()> {
     links::check_sources()?;
     if bless {
         commands::check(true)?;
+        crate::vm::book::check(true)?;
     }
     let tools = install_tools()?;
     mermaid_assets(&tools, true)?;
@@ -97,6 +98,7 @@ pub fn tier() -> Result<()> {
     let built_ok = built.is_ok();
     step("mdbook build and links", built);
     step("console commands", commands::check(false));
+    step("console commands of the cgroup-v2 blocks, in the VM's systemd guest", crate::vm::book::check(false));
     if built_ok {
         step("headless browser", browser());
     }

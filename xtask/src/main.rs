@@ -112,6 +112,9 @@ enum Task {
         /// PID 1: the demo's setup, steps 06 and newest) [default: both].
         #[arg(long, value_name = "GUEST", value_parser = ["initramfs", "systemd"])]
         guest: Option<String>,
+        /// Only the book's ```console,cgroup-v2 blocks, in the systemd guest (what the book tier runs).
+        #[arg(long, conflicts_with_all = ["guest", "all", "args"])]
+        book: bool,
         /// Arguments for the harness in the VM (test-name filters, --exact, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -176,7 +179,8 @@ fn main() -> ExitCode {
         }
         Task::Test { tiers, args } => test::run(&tiers, &args),
         Task::Build => artifacts::run(),
-        Task::VmTest { kernel, timeout, all, guest, args } => {
+        Task::VmTest { book: true, .. } => vm::book::check(false),
+        Task::VmTest { kernel, timeout, all, guest, args, book: false } => {
             vm::run(&vm::Options { kernel, timeout, all, args, guest })
         }
         Task::Book { bless, open } => book::run(bless, open),

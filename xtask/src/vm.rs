@@ -14,8 +14,17 @@
 //!
 //! Everything is cached in target/vm: the .deb, the unpacked kernel, the stripped
 //! binaries and the initramfs (rebuilt only when an input changed).
+//!
+//! That is the `initramfs` guest. The `systemd` guest (`vm/systemd.rs`) boots the same
+//! kernel into a real Debian 12 system, systemd as PID 1 on the unified hierarchy,
+//! from an ext4 disk: the demo's setup path on a machine without busybox, the checks
+//! of step 06 and of the newest step, and systemd's own handling of cgroups. The
+//! book tier runs the book's ```console,cgroup-v2 blocks in it (`vm/book.rs`).
+//! `vm-test` and the `vm` tier run both guests (`--guest` one of them) and end with
+//! a table: which guest ran what, in how many seconds.
 
 pub mod bench;
+pub mod book;
 mod cpio;
 mod kernel;
 mod systemd;

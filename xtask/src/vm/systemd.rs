@@ -834,7 +834,7 @@ part demo demo
     script.push_str(&format!(
         "echo \"WORKSHOP-VM: after the tests, /sys/fs/cgroup/cgroup.subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)\"\n\
          echo \"{} $status\"\n\
-         systemctl poweroff --no-block --check-inhibitors=no\n",
+         systemctl --no-block start poweroff.target --job-mode=replace-irreversibly\n",
         super::SENTINEL
     ));
     script
@@ -918,7 +918,9 @@ mod tests {
             .contains("part book unshare --net --uts --mount --propagation slave bash /workshop/book.sh\n"));
         let sentinel = script.find("echo \"WORKSHOP-VM-EXIT: $status\"").unwrap();
         assert!(script.rfind("part ").unwrap() < sentinel);
-        assert!(script.ends_with("systemctl poweroff --no-block --check-inhibitors=no\n"));
+        assert!(
+            script.ends_with("systemctl --no-block start poweroff.target --job-mode=replace-irreversibly\n")
+        );
         // The shell can read it.
         let out = Command::new("bash").args(["-n", "-c", &script]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
