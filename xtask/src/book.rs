@@ -98,7 +98,7 @@ pub fn tier() -> Result<()> {
     let built_ok = built.is_ok();
     step("mdbook build and links", built);
     step("console commands", commands::check(false));
-    step("console commands of the cgroup-v2 blocks, in the VM's systemd guest", crate::vm::book::check(false));
+    step("console commands, cgroup v2 (VM)", crate::vm::book::check(false));
     if built_ok {
         step("headless browser", browser());
     }
