@@ -79,9 +79,18 @@ pub fn fault(stage: &str) -> Result<()> {
 pub fn spawn(flags: CloneFlags, mut child: impl FnMut() -> Result<Infallible>) -> Result<Pid> {
     // The child gets a copy of our memory (no CLONE_VM), so this stack is its own.
     let mut stack = vec![0u8; 1024 * 1024];
-    let body = Box::new(|| match child() {
-        Ok(never) => match never {},
-        Err(err) => exit_status(Err(err)) as isize,
+    // A panic (a todo!(), say) must not unwind into clone(2)'s C callback,
+    // where Rust aborts with a message that reads like a crash: say so.
+    let body = Box::new(|| match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut child)) {
+        Ok(Ok(never)) => match never {},
+        Ok(Err(err)) => exit_status(Err(err)) as isize,
+        Err(_) => {
+            eprintln!(
+                "{NAME}: error: the container's setup panicked (message above); \
+                 a todo!() there means that part is not written yet"
+            );
+            RUNTIME_FAILED as isize
+        }
     });
     // SAFETY: we are single-threaded, so the copy of our memory is consistent,
     // and the child only runs `body` on a 1 MiB stack.
