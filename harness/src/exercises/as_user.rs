@@ -2,7 +2,7 @@
 //! powers, with or without a user namespace.
 
 use super::{cmdline, container_pid, ended_early, kill_container, poll, Exercise, Graded, InRootfs};
-use crate::Ctx;
+use crate::{Ctx, Probe};
 use anyhow::{bail, ensure, Context, Result};
 
 pub fn exercise() -> Exercise {
@@ -19,9 +19,23 @@ pub fn exercise() -> Exercise {
     }
 }
 
+/// `BIN run FLAGS -- probe`, the runtime started with the supplementary
+/// groups 0, 4 and 27 (as root often has them): what the probe saw.
+fn probe_with_groups(ctx: &Ctx, flags: &[&str]) -> Result<Probe> {
+    let run = ctx.run().args(flags).cmd([ctx.probe_path()]);
+    let outcome = run.wrapped(["setpriv", "--groups", "0,4,27", "--"]).output()?;
+    Probe::parse(outcome.expect_status(0)?)
+}
+
 fn command_has_the_ids_asked_for(ctx: &Ctx) -> Result<()> {
+    // Control: without --user, COMMAND keeps the groups the runtime had.
+    let groups = probe_with_groups(ctx, &[])?.ints("groups")?;
+    ensure!(
+        groups.contains(&4),
+        "control: the runtime, started with `setpriv --groups 0,4,27`, ran COMMAND with the groups {groups:?}"
+    );
     for (flag, uid, gid) in [("1000:1001", 1000, 1001), ("1234", 1234, 0)] {
-        let seen = ctx.probe(&["--user", flag], &[])?;
+        let seen = probe_with_groups(ctx, &["--user", flag])?;
         let ids = [seen.int("uid")?, seen.int("euid")?, seen.int("gid")?, seen.int("egid")?];
         ensure!(
             ids == [uid, uid, gid, gid],
@@ -97,7 +111,9 @@ fn works_in_a_user_namespace(ctx: &Ctx) -> Result<()> {
 
 fn bad_user_is_125_in_one_line(ctx: &Ctx) -> Result<()> {
     // 4294967295 is (uid_t)-1, which setresuid takes as "unchanged": it would stay root.
-    for value in ["abc", "1000:x", "", ":1000", "1:2:3", "-1", "4294967295", "1000:4294967295"] {
+    for value in
+        ["abc", "1000:x", "", ":1000", "1:2:3", "-1", "+1000", "1000:+0", "4294967295", "1000:4294967295"]
+    {
         let outcome = ctx.run().arg(format!("--user={value}")).cmd(["true"]).output()?;
         if outcome.status == 0 {
             bail!("--user={value} should be refused (status 125), but COMMAND ran\n{}", outcome.transcript());

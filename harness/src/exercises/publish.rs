@@ -16,7 +16,7 @@ pub fn exercise() -> Exercise {
         name: "05-net",
         title: "publish a port (-p HOST:CONTAINER)",
         checks: vec![
-            Graded::new(5, "publish::a_published_port_reaches_the_container", 4, reaches_the_container),
+            Graded::new(5, "publish::a_published_port_reaches_the_container", 3, reaches_the_container),
             Graded::new(
                 5,
                 "publish::every_connection_on_every_address",
@@ -25,8 +25,14 @@ pub fn exercise() -> Exercise {
             ),
             Graded::new(
                 5,
-                "publish::the_proxy_stops_with_the_container",
+                "publish::the_end_of_the_input_reaches_the_container",
                 2,
+                the_end_of_the_input_reaches_the_container,
+            ),
+            Graded::new(
+                5,
+                "publish::the_proxy_stops_with_the_container",
+                1,
                 the_proxy_stops_with_the_container,
             ),
             Graded::new(5, "errors::bad_publish_specs_are_125_in_one_line", 2, bad_publish_specs_are_125),
@@ -92,10 +98,11 @@ fn with_server(running: Running, steps: impl FnOnce(&mut Running) -> Result<()>)
 }
 
 /// Whether something in the network namespace of `pid` listens on TCP `port`
-/// (/proc/PID/net/tcp: local address in hex, state 0A is LISTEN).
+/// (/proc/PID/net/tcp and tcp6: local address in hex, state 0A is LISTEN).
 fn listens(pid: i32, port: u16) -> bool {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
-    table.lines().skip(1).any(|line| {
+    let read = |file: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{file}")).unwrap_or_default();
+    let tables = [read("tcp"), read("tcp6")];
+    tables.iter().flat_map(|table| table.lines().skip(1)).any(|line| {
         let fields: Vec<&str> = line.split_whitespace().collect();
         let local_port = fields.get(1).and_then(|a| a.rsplit_once(':')).map(|(_, p)| p);
         local_port.and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port) && fields.get(3) == Some(&"0A")
@@ -147,6 +154,46 @@ fn every_connection_on_every_address(ctx: &Ctx) -> Result<()> {
     served(&outcome, 3)
 }
 
+fn the_end_of_the_input_reaches_the_container(ctx: &Ctx) -> Result<()> {
+    // A server that answers once its input has ended (sed, sort, a request
+    // body read to its end): busybox nc hands the connection to sed. The
+    // client, busybox nc too, half-closes when its input ends (echo's).
+    let server = ["nc", "-l", "-p", "8080", "-e", "sed", "s/^/got:/"];
+    let running =
+        ctx.run().args(["-p", "18080:8080"]).cmd(server).timeout(Duration::from_secs(20)).spawn()?;
+    let (mut running, pid1) = started(running)?;
+    let busybox = ctx.workshop.rootfs.join("bin/busybox");
+    let client = format!("echo hi | {} nc 127.0.0.1 18080", busybox.display());
+    let listening = poll(10.0, || listens(pid1, 8080).then_some(()));
+    let reply = listening
+        .map(|()| Run::raw(&busybox).args(["sh", "-c", &client]).timeout(Duration::from_secs(5)).output());
+    if running.is_running() {
+        // SAFETY: kill(2) on the container process this check started.
+        unsafe { libc::kill(pid1, libc::SIGKILL) };
+    }
+    let outcome = running.wait()?;
+    let problem = match reply {
+        None => "the container's nc never listened on port 8080".to_string(),
+        Some(Ok(reply)) if reply.status == 0 && reply.stdout == "got:hi\n" => return Ok(()),
+        Some(Ok(reply)) => format!(
+            "the client got {:?} (status {}), not \"got:hi\"\n{}",
+            reply.stdout,
+            reply.status,
+            reply.transcript()
+        ),
+        Some(Err(err)) => format!(
+            "the client got no answer in 5 s ({err:#}): the server in the container waits for the end of \
+             the client's input, and never saw it. When one side's read gives 0 bytes, `forward` must \
+             tell the other side with shutdown(Shutdown::Write)"
+        ),
+    };
+    bail!(
+        "with -p 18080:8080, `echo hi | nc 127.0.0.1 18080` on the host side, to `nc -l -p 8080 -e sed \
+         s/^/got:/` in the container: {problem}\n{}",
+        outcome.transcript()
+    )
+}
+
 fn the_proxy_stops_with_the_container(ctx: &Ctx) -> Result<()> {
     let running = server(ctx, &["-p", "18080:8080"], &[8080])?;
     let outcome = with_server(running, |running| pong(ctx, running, "127.0.0.1:18080"));
@@ -167,7 +214,19 @@ fn the_proxy_stops_with_the_container(ctx: &Ctx) -> Result<()> {
 }
 
 fn bad_publish_specs_are_125(ctx: &Ctx) -> Result<()> {
-    for spec in ["80", "0:80", "8080:0", "70000:80", "a:80", "8080:", ":80", "8080:80/udp", ""] {
+    for spec in [
+        "80",
+        "0:80",
+        "8080:0",
+        "70000:80",
+        "a:80",
+        "+8080:80",
+        "8080:+80",
+        "8080:",
+        ":80",
+        "8080:80/udp",
+        "",
+    ] {
         let outcome = ctx.run().arg(format!("--publish={spec}")).cmd(["true"]).output()?;
         if outcome.status == 0 {
             bail!("-p {spec:?} should be refused (status 125), but COMMAND ran\n{}", outcome.transcript());

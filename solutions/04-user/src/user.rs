@@ -84,7 +84,9 @@ pub fn parse_user(text: &str) -> Result<User> {
         None => (text, None),
     };
     // u32::MAX is (uid_t)-1: "unchanged" to setresuid, so never a real id.
-    let id = |s: &str| s.parse::<u32>().ok().filter(|&id| id != u32::MAX);
+    // parse::<u32> takes a leading '+': only digits are an id.
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let id = |s: &str| s.parse::<u32>().ok().filter(|&id| id != u32::MAX && digits(s));
     let (Some(uid), Some(gid)) = (id(uid), gid.map_or(Some(0), id)) else {
         bail!("invalid --user {text:?}: expected UID[:GID] as numbers below 4294967295, like 1000:1000");
     };
@@ -198,7 +200,19 @@ mod tests {
 
     #[test]
     fn refuses_bad_users() {
-        for text in ["", "abc", "1000:", ":1000", "1:2:3", "-1", "4294967295", "1000:4294967295", "nobody"] {
+        for text in [
+            "",
+            "abc",
+            "1000:",
+            ":1000",
+            "1:2:3",
+            "-1",
+            "4294967295",
+            "1000:4294967295",
+            "nobody",
+            "+1000",
+            "1000:+0",
+        ] {
             assert!(parse_user(text).is_err(), "{text:?}");
         }
     }

@@ -47,7 +47,9 @@ pub struct Port {
 /// Book: chapter 05, "Exercise: publish a port".
 pub fn parse(spec: &str) -> Result<Port> {
     // EXERCISE: split HOST:CONTAINER and parse two port numbers (1 to 65535).
-    let port = |text: &str| text.parse::<u16>().ok().filter(|&port| port > 0);
+    // parse::<u16> takes a leading '+': only digits are a port number.
+    let digits = |text: &str| text.bytes().all(|b| b.is_ascii_digit());
+    let port = |text: &str| text.parse::<u16>().ok().filter(|&port| port > 0 && digits(text));
     let Some((host, container)) = spec.split_once(':') else {
         bail!("expected HOST:CONTAINER, like 8080:80, not {spec:?}");
     };
@@ -202,7 +204,20 @@ mod tests {
 
     #[test]
     fn refuses_bad_specs() {
-        for spec in ["", "80", "8080:", ":80", "0:80", "8080:0", "70000:80", "a:80", "8080:80/udp", "1:2:3"] {
+        for spec in [
+            "",
+            "80",
+            "8080:",
+            ":80",
+            "0:80",
+            "8080:0",
+            "70000:80",
+            "a:80",
+            "8080:80/udp",
+            "1:2:3",
+            "+80:80",
+            "80:+80",
+        ] {
             assert!(parse(spec).is_err(), "{spec:?}");
         }
     }
