@@ -79,7 +79,8 @@ fn a_new_image_holds_the_changes(ctx: &Ctx) -> Result<()> {
     make_changes(
         &container,
         None,
-        "echo added > /added && echo changed >> /etc/workshop-release && rm /etc/hostname",
+        "echo added > /added && echo changed >> /etc/workshop-release && rm /etc/hostname \
+         && ln -s /etc/passwd /link",
     )?;
     commit(ctx, &container.name, &image.name)?;
     let layers = layer_count(ctx, &image.name)?;
@@ -90,7 +91,16 @@ fn a_new_image_holds_the_changes(ctx: &Ctx) -> Result<()> {
     let seen = probe_image(
         ctx,
         &image.name,
-        &["--read", "/added", "--read", "/etc/workshop-release", "--stat", "/etc/hostname"],
+        &[
+            "--read",
+            "/added",
+            "--read",
+            "/etc/workshop-release",
+            "--stat",
+            "/etc/hostname",
+            "--stat",
+            "/link",
+        ],
     )?;
     let added =
         seen.action(0)?.expect_ok().context("the container added /added: the new image should have it")?;
@@ -104,6 +114,15 @@ fn a_new_image_holds_the_changes(ctx: &Ctx) -> Result<()> {
     seen.action(2)?.expect_errno(libc::ENOENT).context(
         "the container deleted /etc/hostname: in the new image it must stay deleted (a .wh.hostname whiteout in the tar)",
     )?;
+    let link =
+        seen.action(3)?.expect_ok().context("the container made /link: the new image should have it")?;
+    ensure!(
+        link["kind"] == "symlink",
+        "the container made /link a symlink to /etc/passwd; in the new image /link is a {}, not a symlink: \
+         a tar entry of a followed symlink holds the file it points to, read on the host (the host's \
+         /etc/passwd!). Write symlinks as symlinks (follow_symlinks(false))",
+        link["kind"]
+    );
     Ok(())
 }
 
@@ -221,6 +240,23 @@ fn bad_commits_are_125(ctx: &Ctx) -> Result<()> {
         "a refused commit changed the image it would replace"
     );
     ensure!(!Path::new(IMAGES).join(&fresh).exists(), "a refused commit left the image {fresh}");
+
+    // A container that ran with --userns: its files belong to the mapped ids.
+    let mapped = Kept::new(ctx, "commit-userns");
+    let outcome = mapped.run(None).arg("--userns").cmd(["sh", "-c", "echo x > /x"]).output()?;
+    outcome.expect_status(0).context("a kept container that runs with --userns")?;
+    let outcome = Run::raw(&ctx.step.bin).args(["commit", &mapped.name, &fresh]).output()?;
+    if outcome.status == 0 {
+        let _ = Run::raw(&ctx.step.bin).args(["image", "rm", &fresh]).output();
+        bail!(
+            "`commit` of a container that ran with --userns should be refused: its files belong to the \
+             mapped ids (100000 and up), and so would every file of the new image"
+        );
+    }
+    outcome
+        .expect_status(125)?
+        .expect_one_error_line(&[&mapped.name])
+        .context("`commit` of a container that ran with --userns: an error in one line that names it")?;
 
     // A running container: its layer is still changing.
     let running = Kept::new(ctx, "commit-running");

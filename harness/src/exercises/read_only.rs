@@ -1,9 +1,15 @@
 //! Exercise 03: `--read-only` mounts the container's root filesystem
 //! read-only, with a fresh writable tmpfs on /tmp.
+//!
+//! Every `--read-only` run here has a copy of the workshop rootfs on a tmpfs
+//! of its own as its root, mounted nosuid and nodev: a remount that forgets
+//! MS_BIND then turns that tmpfs read-only, not the host's disk, and a
+//! remount that drops the mount's flags shows.
 
 use super::{Exercise, Graded, InRootfs};
-use crate::Ctx;
-use anyhow::{ensure, Context, Result};
+use crate::{Ctx, Workshop};
+use anyhow::{bail, ensure, Context, Result};
+use std::path::PathBuf;
 
 pub fn exercise() -> Exercise {
     Exercise {
@@ -24,7 +30,44 @@ pub fn exercise() -> Exercise {
     }
 }
 
+/// A copy of the workshop rootfs on a tmpfs of its own, mounted nosuid and
+/// nodev (as a rootfs on a removable disk may be); unmounted when dropped.
+struct OwnRootfs(PathBuf);
+
+impl OwnRootfs {
+    /// The copy, and a context whose runs use it.
+    fn new(ctx: &Ctx) -> Result<(OwnRootfs, Ctx)> {
+        let dir = std::env::temp_dir().join(format!("workshop-grade-rootfs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "nosuid,nodev,mode=755,size=64m", "workshop-grade-rootfs"])
+            .arg(&dir)
+            .status()?;
+        if !mounted.success() {
+            let _ = std::fs::remove_dir(&dir);
+            bail!("could not mount a tmpfs on {} for a copy of the rootfs", dir.display());
+        }
+        let own = OwnRootfs(dir);
+        let mut source = ctx.workshop.rootfs.clone().into_os_string();
+        source.push("/.");
+        let copied = std::process::Command::new("cp").arg("-a").arg(source).arg(&own.0).status()?;
+        ensure!(copied.success(), "could not copy the rootfs to {}", own.0.display());
+        let workshop = Workshop { rootfs: own.0.clone(), ..ctx.workshop.clone() };
+        let ctx = Ctx { workshop, ..ctx.clone() };
+        Ok((own, ctx))
+    }
+}
+
+impl Drop for OwnRootfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 fn root_is_read_only(ctx: &Ctx) -> Result<()> {
+    let (_own, ctx) = OwnRootfs::new(ctx)?;
+    let ctx = &ctx;
     let (file, dir) = ("/etc/workshop-grade-file", "/etc/workshop-grade-dir");
     let _cleanup = (InRootfs::new(ctx, file), InRootfs::new(ctx, dir));
     let seen = ctx.probe(&["--read-only"], &["--write", file, "--mkdir", dir])?;
@@ -39,10 +82,20 @@ fn root_is_read_only(ctx: &Ctx) -> Result<()> {
         "with --read-only, / should be mounted read-only (ro); its options are {}",
         root.options
     );
+    for flag in ["nosuid", "nodev"] {
+        ensure!(
+            root.options.split(',').any(|o| o == flag),
+            "with --read-only, / lost {flag}: the rootfs was on a mount with nosuid,nodev, and / inside is \
+             mounted {}. A remount replaces the mount's flags: keep the ones it has (statvfs)",
+            root.options
+        );
+    }
     Ok(())
 }
 
 fn tmp_is_a_writable_tmpfs(ctx: &Ctx) -> Result<()> {
+    let (_own, ctx) = OwnRootfs::new(ctx)?;
+    let ctx = &ctx;
     let file = "/tmp/workshop-grade-file";
     let on_host = InRootfs::new(ctx, file);
     let seen = ctx.probe(&["--read-only"], &["--write", file, "--read", file])?;
@@ -51,6 +104,14 @@ fn tmp_is_a_writable_tmpfs(ctx: &Ctx) -> Result<()> {
     ensure!(read == "probe\n", "/tmp/workshop-grade-file inside reads {read}, not what was written");
     let tmp = seen.mount("/tmp").context("with --read-only, /tmp should be a mount of its own (a tmpfs)")?;
     ensure!(tmp.fstype == "tmpfs", "with --read-only, /tmp should be a tmpfs, not {}", tmp.fstype);
+    for flag in ["nosuid", "nodev"] {
+        ensure!(
+            tmp.options.split(',').any(|o| o == flag),
+            "with --read-only, /tmp should be mounted nosuid and nodev (no set-uid programs, no devices \
+             in a directory everyone writes to); it is mounted {}",
+            tmp.options
+        );
+    }
     ensure!(
         !on_host.0.exists(),
         "a file written to /tmp inside landed in the rootfs on the host ({}): /tmp should be a fresh tmpfs",
@@ -60,6 +121,8 @@ fn tmp_is_a_writable_tmpfs(ctx: &Ctx) -> Result<()> {
 }
 
 fn dev_and_proc_still_work(ctx: &Ctx) -> Result<()> {
+    let (_own, ctx) = OwnRootfs::new(ctx)?;
+    let ctx = &ctx;
     let seen =
         ctx.probe(&["--read-only"], &["--write", "/dev/null", "--write", "/dev/shm/workshop-grade"])?;
     seen.action(0)?.expect_ok().context("with --read-only, /dev/null must stay writable")?;
@@ -72,15 +135,16 @@ fn dev_and_proc_still_work(ctx: &Ctx) -> Result<()> {
 }
 
 fn hosts_filesystem_stays_writable(ctx: &Ctx) -> Result<()> {
+    let (_own, ctx) = OwnRootfs::new(ctx)?;
+    let ctx = &ctx;
     ctx.probe(&["--read-only"], &[])?;
     let host = mount_flags(&ctx.workshop.rootfs)?;
     ensure!(
         host & libc::ST_RDONLY == 0,
         "after a --read-only run, the filesystem that holds {} is read-only on the host too: the remount \
-         changed the filesystem, not only the container's mount of it (MS_BIND). Fix the host with \
-         `mount -o remount,rw $(findmnt -n -o TARGET -T {})`",
+         changed the filesystem, not only the container's mount of it (MS_BIND). (This check gave the run \
+         a rootfs on a tmpfs of its own, so your disk is unharmed.)",
         ctx.workshop.rootfs.display(),
-        ctx.workshop.rootfs.display()
     );
     Ok(())
 }
