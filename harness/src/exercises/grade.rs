@@ -1,12 +1,14 @@
 //! The grader: runs each exercise's binary as the step it extends, with the
 //! exercise's own checks, and reports what passed as JSON.
 //!
-//! `grade [--solutions] [--step-checks all|plain|introduced] [NN | NN-name ...]
-//! [--not-built NN-name ...]` grades `NN-name-exercise` (or, with --solutions,
-//! `NN-name-solution`) from WORKSHOP_BIN_DIR, every exercise when none is
-//! named; one that did not build scores nothing. `--step-checks` says which
-//! checks of the step run beside the exercise's own (see `StepChecks`):
-//! a learner's grade runs them all; the `exercises` tier, fewer. Progress goes to stderr as the tests run;
+//! `grade [--solutions] [--step-checks all|plain|introduced|none] [NN | NN-name ...]
+//! [--not-built NN-name ...] [--binary PATH] [--fail-fast]` grades `NN-name-exercise` (or, with
+//! --solutions, `NN-name-solution`) from WORKSHOP_BIN_DIR, every exercise when
+//! none is named; one that did not build scores nothing. `--binary PATH`
+//! grades that binary instead (one exercise named: the `exercises` tier's
+//! mutants). `--step-checks` says which checks of the step run beside the
+//! exercise's own (see `StepChecks`): a learner's grade runs them all; the
+//! `exercises` tier, fewer. Progress goes to stderr as the tests run;
 //! the report is the last line on stdout: one JSON object, described in
 //! TEACHING.md. `cargo xtask grade` builds everything, runs this as root,
 //! saves the report and prints it as a table.
@@ -44,6 +46,9 @@ pub enum StepChecks {
     /// Only the checks the step itself introduced, without `--userns`: a
     /// quick sign that the exercise did not break the step.
     Introduced,
+    /// None: only the exercise's own checks (the mutants of the self-check,
+    /// which only have to fail one of them).
+    None,
 }
 
 impl StepChecks {
@@ -52,7 +57,8 @@ impl StepChecks {
             "all" => Ok(StepChecks::All),
             "plain" => Ok(StepChecks::Plain),
             "introduced" => Ok(StepChecks::Introduced),
-            _ => bail!("--step-checks is all, plain or introduced, not {text:?}"),
+            "none" => Ok(StepChecks::None),
+            _ => bail!("--step-checks is all, plain, introduced or none, not {text:?}"),
         }
     }
 
@@ -61,6 +67,7 @@ impl StepChecks {
             StepChecks::All => "all",
             StepChecks::Plain => "plain",
             StepChecks::Introduced => "introduced",
+            StepChecks::None => "none",
         }
     }
 }
@@ -77,13 +84,14 @@ struct Test {
 
 pub fn main() -> ! {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Args { graded, exercises, not_built, step_checks } = parse_args(&args).unwrap_or_else(|err| {
-        eprintln!("grade: {err:#}");
-        std::process::exit(2);
-    });
+    let Args { graded, exercises, not_built, step_checks, binary, fail_fast } = parse_args(&args)
+        .unwrap_or_else(|err| {
+            eprintln!("grade: {err:#}");
+            std::process::exit(2);
+        });
     let built = |e: &&Exercise| !not_built.iter().any(|n| n == e.name);
     let (steps, workshop) =
-        suite::setup(|ws| exercises.iter().filter(built).map(|e| binary(ws, e, graded)).collect());
+        suite::setup(|ws| exercises.iter().filter(built).map(|e| target(ws, e, graded, &binary)).collect());
     leaks::adopt_orphans();
     if let Err(err) = sandbox::start() {
         eprintln!("error: {err:#}");
@@ -95,7 +103,7 @@ pub fn main() -> ! {
         .map(|exercise| match built(&exercise) {
             true => {
                 let step = steps.next().expect("one step per built exercise");
-                grade(exercise, step, &workshop, step_checks)
+                grade(exercise, step, &workshop, step_checks, fail_fast)
             }
             false => unbuilt(exercise, graded),
         })
@@ -126,21 +134,29 @@ struct Args {
     /// Names of exercises whose binary did not build.
     not_built: Vec<String>,
     step_checks: StepChecks,
+    /// The binary to grade instead of the exercise's (one exercise only).
+    binary: Option<std::path::PathBuf>,
+    /// Stop at the first failed test; the rest fail as "not run".
+    fail_fast: bool,
 }
 
 /// `[--solutions] [NN | NN-name ...] [--not-built NN-name ...]` -> what to grade.
 fn parse_args(args: &[String]) -> Result<Args> {
-    let usage = "usage: grade [--solutions] [--step-checks all|plain|introduced] [NN | NN-name ...] [--not-built NN-name ...]";
+    let usage = "usage: grade [--solutions] [--step-checks all|plain|introduced|none] [NN | NN-name ...] [--not-built NN-name ...] [--binary PATH] [--fail-fast]";
     let mut graded = Graded::Exercise;
     let mut step_checks = StepChecks::All;
     let mut wanted = Vec::new();
     let mut not_built = Vec::new();
+    let mut binary = None;
+    let mut fail_fast = false;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--solutions" => graded = Graded::Solution,
             "--not-built" => not_built.push(args.next().context(usage)?.as_str()),
             "--step-checks" => step_checks = StepChecks::parse(args.next().context(usage)?)?,
+            "--fail-fast" => fail_fast = true,
+            "--binary" => binary = Some(std::path::PathBuf::from(args.next().context(usage)?)),
             flag if flag.starts_with('-') => bail!("unknown flag {flag}; {usage}"),
             name => wanted.push(name),
         }
@@ -154,8 +170,11 @@ fn parse_args(args: &[String]) -> Result<Args> {
     }
     let not_built = exercises.iter().filter(|e| not_built.iter().any(|n| matches(e, n)));
     let not_built = not_built.map(|e| e.name.to_string()).collect();
+    if binary.is_some() && wanted.len() != 1 {
+        bail!("--binary grades one exercise: name it; {usage}");
+    }
     let chosen = exercises.into_iter().filter(|e| wanted.is_empty() || wanted.iter().any(|w| matches(e, w)));
-    Ok(Args { graded, exercises: chosen.collect(), not_built, step_checks })
+    Ok(Args { graded, exercises: chosen.collect(), not_built, step_checks, binary, fail_fast })
 }
 
 /// "01", "1" and "01-uts" all name exercise 01-uts.
@@ -163,10 +182,15 @@ fn matches(exercise: &Exercise, name: &str) -> bool {
     name == exercise.name || name.parse::<u8>().ok() == Some(exercise.number)
 }
 
-/// The binary under test, registered as the step it extends.
-fn binary(workshop: &Workshop, exercise: &Exercise, graded: Graded) -> Result<Step> {
+/// The binary under test (`binary`, or the exercise's), registered as the step it extends.
+fn target(
+    workshop: &Workshop,
+    exercise: &Exercise,
+    graded: Graded,
+    binary: &Option<std::path::PathBuf>,
+) -> Result<Step> {
     let name = format!("{}-{}", exercise.name, graded.as_str());
-    let bin = workshop.bin_dir.join(&name);
+    let bin = binary.clone().unwrap_or_else(|| workshop.bin_dir.join(&name));
     if !bin.exists() {
         bail!("{} is not built: grade with `cargo xtask grade`, which builds it", bin.display());
     }
@@ -190,6 +214,7 @@ fn tests(exercise: &Exercise, step: &Step, workshop: &Workshop, step_checks: Ste
         })
         .collect();
     let applies = |c: &Check| match step_checks {
+        StepChecks::None => false,
         StepChecks::Introduced => c.since == step.number,
         StepChecks::All | StepChecks::Plain => (c.since..=c.until).contains(&step.number),
     };
@@ -209,10 +234,24 @@ fn tests(exercise: &Exercise, step: &Step, workshop: &Workshop, step_checks: Ste
 }
 
 /// Runs one exercise's tests; returns its part of the report.
-fn grade(exercise: &Exercise, step: &Step, workshop: &Workshop, step_checks: StepChecks) -> Value {
+fn grade(
+    exercise: &Exercise,
+    step: &Step,
+    workshop: &Workshop,
+    step_checks: StepChecks,
+    fail_fast: bool,
+) -> Value {
     eprintln!("\n==> {} ({}): {}", exercise.name, step.bin.display(), exercise.title);
-    let mut results = Vec::new();
+    let mut results: Vec<Value> = Vec::new();
     for test in tests(exercise, step, workshop, step_checks) {
+        if fail_fast && results.iter().any(|r| r["status"] != "pass") {
+            results.push(json!({
+                "name": test.name, "kind": test.kind, "status": "fail", "score": 0,
+                "max_score": test.points, "message": "not run (--fail-fast: an earlier test failed)",
+                "seconds": 0.0,
+            }));
+            continue;
+        }
         eprint!("test {}::{} ... ", step.name, test.name);
         let start = Instant::now();
         let outcome = suite::guarded(&test.ctx, test.run);
@@ -325,11 +364,12 @@ mod tests {
 
     #[test]
     fn a_todo_is_explained_and_backtraces_dropped() {
-        let message = "`bin run --init -- true`: expected exit status 0, got 134\n--- stdout:\n--- stderr:\n\
+        let message = "`bin run --init -- true`: expected exit status 0, got 125\n--- stdout:\n--- stderr:\n\
             \nthread 'main' (1) panicked at exercises/02-pid/src/init.rs:43:5:\n\
             not yet implemented: init::start([\"true\"]): fork\n\
             stack backtrace:\n   0: 0x1 - std::backtrace\n        at /rustc/x.rs:1:1\n\
-            thread caused non-unwinding panic. aborting.\n---";
+            02-pid-exercise: error: the container's setup panicked (message above); a todo!() there means \
+            that part is not written yet\n---";
         let explained = explain(message);
         let first = explained.lines().next().unwrap();
         assert_eq!(
@@ -337,7 +377,7 @@ mod tests {
             "not done yet: todo!() at exercises/02-pid/src/init.rs:43:5: init::start([\"true\"]): fork"
         );
         assert!(!explained.contains("std::backtrace"));
-        assert!(explained.contains("thread caused non-unwinding panic"));
+        assert!(explained.contains("the container's setup panicked"));
     }
 
     #[test]
@@ -362,5 +402,12 @@ mod tests {
         assert!(args(&["--step-checks", "plain"]).unwrap().step_checks == StepChecks::Plain);
         assert!(args(&[]).unwrap().step_checks == StepChecks::All);
         assert!(args(&["--step-checks", "some"]).is_err());
+        assert!(args(&["--step-checks", "none"]).unwrap().step_checks == StepChecks::None);
+        let one = args(&["--solutions", "03", "--binary", "/tmp/x"]).unwrap();
+        assert_eq!(one.binary.as_deref(), Some(std::path::Path::new("/tmp/x")));
+        assert!(args(&["--binary", "/tmp/x"]).is_err());
+        assert!(args(&["01", "02", "--binary", "/tmp/x"]).is_err());
+        assert!(args(&["--fail-fast"]).unwrap().fail_fast);
+        assert!(!args(&[]).unwrap().fail_fast);
     }
 }
