@@ -113,7 +113,7 @@ enum Task {
         #[arg(long, value_name = "GUEST", value_parser = ["initramfs", "systemd"])]
         guest: Option<String>,
         /// Only the book's ```console,cgroup-v2 blocks, in the systemd guest (what the book tier runs).
-        #[arg(long, conflicts_with_all = ["guest", "all", "args"])]
+        #[arg(long, conflicts_with_all = ["guest", "all", "args", "kernel", "timeout"])]
         book: bool,
         /// Arguments for the harness in the VM (test-name filters, --exact, ...).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

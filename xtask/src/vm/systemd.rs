@@ -279,6 +279,9 @@ pub fn run(options: &super::Options) -> Result<super::GuestReport> {
         demo: options.args.is_empty(),
         book: None,
     };
+    if options.all {
+        println!("vm: --all is for the initramfs guest; the systemd guest runs what it always runs");
+    }
     println!(
         "vm: the book's ```console,cgroup-v2 blocks run in this guest from the book tier \
          (cargo xtask book, cargo xtask test --tier book), not here"
