@@ -617,8 +617,7 @@ fn disk_entries(
             entries.push(Entry::File { guest: format!("/workshop/image/{layer}"), host, mode: 0o644 });
         }
     }
-    let steps: Vec<&str> = binaries.steps.iter().map(|(name, _)| name.as_str()).collect();
-    entries.push(Entry::Data { guest: GUEST_RUN.into(), mode: 0o755, data: run_script(&root, &steps, plan) });
+    entries.push(Entry::Data { guest: GUEST_RUN.into(), mode: 0o755, data: run_script(&root, plan) });
     if let Some(book) = &plan.book {
         entries.push(Entry::Data { guest: GUEST_BOOK.into(), mode: 0o755, data: book.clone() });
     }
@@ -768,7 +767,7 @@ pub fn init_script(modules: &[String]) -> String {
 // ---------------------------------------------------------------- the guest's script
 
 /// /workshop/run: the parts of the plan, each timed, then the sentinel and power-off.
-pub fn run_script(root: &str, steps: &[&str], plan: &Plan) -> String {
+pub fn run_script(root: &str, plan: &Plan) -> String {
     let q = |s: &str| shell_quote(s);
     let bin = super::GUEST_BIN;
     let mut script = format!(
@@ -833,7 +832,6 @@ part demo demo
              part book unshare --net --uts --mount --propagation slave bash {GUEST_BOOK}\n"
         ));
     }
-    let _ = steps;
     script.push_str(&format!(
         "echo \"WORKSHOP-VM: after the tests, /sys/fs/cgroup/cgroup.subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)\"\n\
          echo \"{} $status\"\n\
@@ -910,7 +908,7 @@ mod tests {
             demo: true,
             book: Some("echo book\n".into()),
         };
-        let script = run_script("/work/main", &["06-cgroups"], &plan);
+        let script = run_script("/work/main", &plan);
         assert!(script.contains("part demo demo\n"));
         assert!(script.contains("/workshop/xtask demo --prebuilt /workshop/bin"));
         assert!(script.contains(
