@@ -314,6 +314,47 @@ mod tests {
     }
 
     #[test]
+    fn the_scratch_workspace_holds_each_mutant_renamed() {
+        let root = std::env::temp_dir().join(format!("xtask-mutants-test-{}", std::process::id()));
+        let solution = Crate {
+            kind: crate::exercises::Kind::Solution,
+            name: "01-uts".into(),
+            number: 1,
+            dir: root.join("solutions/01-uts"),
+        };
+        std::fs::create_dir_all(solution.dir.join("src")).unwrap();
+        let manifest = "[package]\nname = \"solution-01-uts\"\n\n[[bin]]\nname = \"01-uts-solution\"\n";
+        std::fs::write(solution.dir.join("Cargo.toml"), manifest).unwrap();
+        let code = "fn main() {\n    // EXERCISE: x\n    yes();\n    // END EXERCISE\n}\n";
+        std::fs::write(solution.dir.join("src/main.rs"), code).unwrap();
+        let text = "mistake: m\nexpect: e\n--- src/main.rs\n<<<\n    yes();\n===\n    no();\n>>>\n";
+        let mutant = parse("01-uts", "no", text).unwrap();
+        let scratch = root.join("scratch");
+        std::fs::create_dir_all(scratch.join("mutant-01-uts-gone/src")).unwrap();
+        prepare(&scratch, std::slice::from_ref(&solution), std::slice::from_ref(&mutant)).unwrap();
+        let krate = scratch.join("mutant-01-uts-no");
+        let read = |p: &str| std::fs::read_to_string(krate.join(p)).unwrap();
+        assert_eq!(
+            read("Cargo.toml"),
+            manifest
+                .replace("solution-01-uts", "mutant-01-uts-no")
+                .replace("01-uts-solution", "01-uts-mutant-no")
+        );
+        assert_eq!(read("src/main.rs"), code.replace("yes", "no"));
+        assert!(!scratch.join("mutant-01-uts-gone").exists(), "a mutant that is gone is removed");
+        let workspace = std::fs::read_to_string(scratch.join("Cargo.toml")).unwrap();
+        assert!(workspace.contains("[workspace]") && workspace.contains("members = [\"mutant-01-uts-no\"]"));
+        assert!(scratch.join("Cargo.lock").is_file());
+        // Again: what is already right is not written (cargo would build it again).
+        let modified = || std::fs::metadata(krate.join("src/main.rs")).unwrap().modified().unwrap();
+        let before = modified();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        prepare(&scratch, std::slice::from_ref(&solution), std::slice::from_ref(&mutant)).unwrap();
+        assert_eq!(modified(), before);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn a_mutant_must_fail_with_its_words() {
         let mutant = parse("01-uts", "no-flag", MUTANT).unwrap();
         let entry = |status: &str, message: &str| {
