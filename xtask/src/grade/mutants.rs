@@ -10,6 +10,7 @@
 //! ```text
 //! mistake: /tmp is mounted without nosuid and nodev
 //! expect: /tmp; nosuid
+//! when: cgroup v1        (optional: only on such a machine; or cgroup v2)
 //! # any comment lines
 //! --- src/rootfs.rs
 //! <<<
@@ -40,6 +41,9 @@ pub struct Mutant {
     pub mistake: String,
     /// What the first failure's message must say (each, ignoring case).
     pub expect: Vec<String>,
+    /// Where it applies: None everywhere, or "cgroup v1" / "cgroup v2" (a
+    /// mistake in code that only one cgroup version runs).
+    pub when: Option<String>,
     pub edits: Vec<Edit>,
 }
 
@@ -66,7 +70,20 @@ impl Mutant {
     pub fn label(&self) -> String {
         format!("{}/{}", self.exercise, self.name)
     }
+
+    /// Whether its mistake is reached on this machine (see `when`).
+    pub fn applies_here(&self) -> bool {
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        match self.when.as_deref() {
+            Some("cgroup v1") => !v2,
+            Some("cgroup v2") => v2,
+            _ => true,
+        }
+    }
 }
+
+/// The values `when:` takes.
+const WHEN: [&str; 2] = ["cgroup v1", "cgroup v2"];
 
 /// Parses a `.mutant` file's text.
 pub fn parse(exercise: &str, name: &str, text: &str) -> Result<Mutant> {
@@ -80,9 +97,14 @@ pub fn parse(exercise: &str, name: &str, text: &str) -> Result<Mutant> {
     let mistake = header(lines.next(), "mistake:")?;
     let expect = header(lines.next(), "expect:")?;
     let expect = expect.split(';').map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect();
-    let (mut file, mut edits) = (None::<PathBuf>, Vec::new());
+    let (mut file, mut edits, mut when) = (None::<PathBuf>, Vec::new(), None);
     while let Some((number, line)) = lines.next() {
-        if let Some(path) = line.strip_prefix("--- ") {
+        if let Some(value) = line.strip_prefix("when:") {
+            if !(edits.is_empty() && file.is_none() && when.is_none() && WHEN.contains(&value.trim())) {
+                bail!("line {number}: `when:` comes once, before the edits, and is one of {WHEN:?}");
+            }
+            when = Some(value.trim().to_string());
+        } else if let Some(path) = line.strip_prefix("--- ") {
             file = Some(PathBuf::from(path.trim()));
         } else if line == "<<<" {
             let Some(file) = file.clone() else { bail!("line {number}: `<<<` before any `--- FILE` line") };
@@ -110,7 +132,7 @@ pub fn parse(exercise: &str, name: &str, text: &str) -> Result<Mutant> {
     if edits.is_empty() {
         bail!("no `<<<` ... `===` ... `>>>` edit");
     }
-    Ok(Mutant { exercise: exercise.to_string(), name: name.to_string(), mistake, expect, edits })
+    Ok(Mutant { exercise: exercise.to_string(), name: name.to_string(), mistake, expect, when, edits })
 }
 
 /// The mutants of a solution, sorted by name; [] without a mutants/ folder.
@@ -280,6 +302,10 @@ mod tests {
             ]
         );
         assert_eq!(mutant.package(), "mutant-01-uts-no-flag");
+        assert_eq!(mutant.when, None);
+        assert!(mutant.applies_here());
+        let v1 = parse("06-cgroups", "m", &MUTANT.replace("# a comment", "when: cgroup v1")).unwrap();
+        assert_eq!(v1.when.as_deref(), Some("cgroup v1"));
         assert_eq!(mutant.binary(), "01-uts-mutant-no-flag");
     }
 
@@ -294,6 +320,8 @@ mod tests {
             "mistake: x\nexpect: y\n--- f\n<<<\na\n===\nb\n",
             "mistake: x\nexpect: y\n--- f\n<<<\n===\nb\n>>>\n",
             "mistake: x\nexpect: y\n--- f\nstray\n",
+            "mistake: x\nexpect: y\nwhen: on Tuesdays\n--- f\n<<<\na\n===\n>>>\n",
+            "mistake: x\nexpect: y\n--- f\n<<<\na\n===\n>>>\nwhen: cgroup v1\n",
         ] {
             assert!(parse("01-uts", "m", text).is_err(), "{text:?}");
         }
