@@ -8,8 +8,8 @@
 //! wrong in the words the mutant expects. The format (see TEACHING.md):
 //!
 //! ```text
-//! mistake: /tmp is mounted without nosuid and nodev
-//! expect: /tmp; nosuid
+//! mistake: the mistake, in words
+//! expect: what the first failure says; and this too
 //! when: cgroup v1        (optional: only on such a machine; or cgroup v2)
 //! # any comment lines
 //! --- src/rootfs.rs
@@ -21,7 +21,8 @@
 //! ```
 //!
 //! More `<<<` ... `>>>` blocks may follow, and more `--- FILE` lines.
-//! solutions/ is not in the student handout, and `exercises::compared_files`
+//! solutions/ is not in the student handout (this file is: no mutant's text
+//! belongs here), and `exercises::compared_files`
 //! only compares Cargo.toml and src/, so the mutants stay out of sight.
 
 use std::path::{Path, PathBuf};
