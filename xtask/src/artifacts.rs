@@ -67,10 +67,16 @@ pub fn step_number(name: &str) -> Option<u32> {
     number.parse().ok()
 }
 
-/// Build all step binaries (as the invoking user) and return them.
+/// Build all step binaries (as the invoking user) and return them. Only the steps'
+/// packages: a learner's first `demo` need not wait for the exercises and solutions.
 pub fn build_steps() -> Result<Vec<Step>> {
     let steps = steps()?;
-    run_cmd(cargo().args(["build", "--workspace", "--bins"]))?;
+    let mut build = cargo();
+    build.args(["build", "--bins"]);
+    for step in &steps {
+        build.args(["-p", &format!("step-{}", step.name)]);
+    }
+    run_cmd(&mut build)?;
     for step in &steps {
         if !step.bin.is_file() {
             bail!(
