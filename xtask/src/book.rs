@@ -104,7 +104,8 @@ pub fn run(bless: bool, open: bool, browser_test: bool) -> Result<()> {
     Ok(())
 }
 
-/// The book tier: check everything, write nothing (except the HTML and screenshots under target/).
+/// The book tier: check everything, write nothing (except the HTML, the screenshots under
+/// target/ and mdbook-quiz's git-ignored book/src/quiz/, see QUIZ_ASSETS).
 pub fn tier() -> Result<()> {
     let mut problems = Vec::new();
     let mut step = |what: &str, result: Result<()>| {
