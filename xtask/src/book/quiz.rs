@@ -13,7 +13,11 @@
 //! and then
 //!   - the output of a ```console block of `book/src/06-cgroups.md` (what the book
 //!     tier runs and compares) has a line that contains `exit status: 137`;
-//!   - the question's right answer contains that text, and no wrong one does.
+//!   - the question's right answer contains that text, and no wrong one does;
+//!   - the text is one the console tier compares literally: it renames pids,
+//!     container ids, digests, namespace numbers and times (`commands::normalise`),
+//!     and a quote of those (even `01:00` in `lowerdir=01:00`) would only be
+//!     checked against the book's text, not against what the command prints.
 //!
 //! Every quiz needs at least one such reference. The check also keeps what
 //! mdbook-quiz needs to leave the sources alone: every question has an `id` (the
@@ -178,6 +182,14 @@ pub(crate) fn problems(
                 }
             }
         }
+        // The console tier compares outputs after renaming pids, container ids, digests and
+        // namespace numbers: a quote of those would be checked against the book's text only.
+        if commands::normalise(&r.text) != r.text {
+            problem(format!(
+                "{place}: the console tier does not compare this text literally (it reads {:?}): quote a fixed part",
+                commands::normalise(&r.text)
+            ));
+        }
         let (right, wrong) = choices(question);
         if !right.iter().any(|answer| answer.contains(&r.text)) {
             problem(format!("{place}: the right answer does not say it: {right:?}"));
@@ -323,6 +335,12 @@ mod tests {
         let problems = check(&text);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("no ```console output line of 06-cgroups.md contains it"));
+        let text = quiz("2ca60faea4fb", "x", "# shown-by: 06-cgroups.md \"2ca60faea4fb\"");
+        assert!(
+            check(&text).iter().any(|p| p.contains("does not compare this text literally")),
+            "{:?}",
+            check(&text)
+        );
         let text = quiz("137", "x", "# shown-by: 09-none.md \"137\"");
         assert!(check(&text)[0].contains("book/src/09-none.md does not exist"));
     }
