@@ -1,6 +1,8 @@
 // Opens the rendered book in a real headless browser (Debian's chromium) and checks
 // what a reader would notice: every page loads without console errors or failed
-// requests, every mermaid diagram becomes an SVG, and the search finds a term.
+// requests, every mermaid diagram becomes an SVG, every chapter's quiz can be
+// taken (Start, an answer per question, Submit, then the answer review with an
+// explanation per question), and the search finds a term.
 // Screenshots of a few pages go to SHOT_DIR (test artefacts, not committed).
 //
 // Run by `cargo xtask test --tier book`; by hand:
@@ -56,6 +58,76 @@ const TYPES = {
   ".ttf": "font/ttf",
 };
 
+// Chapters are NN-name.html: each has exactly one quiz (mdbook-quiz).
+const CHAPTER = /^\d\d-[^/]*\.html$/;
+
+// Take a chapter's quiz as a reader does; returns the problems found.
+async function takeQuiz(tab, page) {
+  const placeholders = tab.locator(".quiz-placeholder");
+  const count = await placeholders.count();
+  if (count !== 1) return [`chapter ${page}: ${count} quizzes on the page, expected 1`];
+  const quiz = placeholders.first();
+  const questions = await quiz.evaluate((el) => {
+    try {
+      return JSON.parse(el.dataset.quizQuestions).questions.length;
+    } catch {
+      return 0;
+    }
+  });
+  if (questions === 0) return [`chapter ${page}: the quiz has no questions (data-quiz-questions)`];
+  const start = quiz.locator("button.start");
+  try {
+    await start.waitFor({ state: "visible", timeout: 10000 });
+  } catch {
+    return [`chapter ${page}: the quiz did not render (no Start button: is quiz-embed.iife.js loaded?)`];
+  }
+  await start.click();
+  for (let n = 1; n <= questions; n++) {
+    const choice = quiz.locator(".response input[type=radio], .response input[type=checkbox]").first();
+    try {
+      await choice.waitFor({ state: "visible", timeout: 5000 });
+    } catch {
+      return [`chapter ${page}: question ${n} of ${questions} shows no answer to pick`];
+    }
+    await choice.check();
+    const submit = quiz.locator("input[type=submit]");
+    if ((await submit.count()) !== 1) return [`chapter ${page}: question ${n} has no Submit button`];
+    const prompt = await quiz.locator(".prompt").first().innerText();
+    await submit.click();
+    // The next question, or the review after the last one, replaces this one.
+    try {
+      await tab.waitForFunction(
+        ([el, before]) => {
+          if (el.querySelector(".answer-wrapper")) return true;
+          const now = el.querySelector(".prompt");
+          return now !== null && now.innerText !== before;
+        },
+        [await quiz.elementHandle(), prompt],
+        { timeout: 5000 },
+      );
+    } catch {
+      return [`chapter ${page}: question ${n} of ${questions} did not move on after Submit`];
+    }
+  }
+  try {
+    await quiz.locator("h3", { hasText: "Answer Review" }).waitFor({ timeout: 5000 });
+  } catch {
+    return [`chapter ${page}: no answer review after the last of ${questions} questions`];
+  }
+  // With wrong answers, the review offers to retry or to see the answers.
+  const giveUp = quiz.locator("button", { hasText: "see the correct answers" });
+  if ((await giveUp.count()) > 0) await giveUp.first().click();
+  const reviewed = await quiz.locator(".answer-wrapper").count();
+  if (reviewed !== questions) return [`chapter ${page}: the review shows ${reviewed} of ${questions} questions`];
+  const explained = await quiz
+    .locator(".answer-wrapper .context")
+    .evaluateAll((els) => els.filter((e) => e.textContent.trim().length > 0).length);
+  if (explained !== questions) {
+    return [`chapter ${page}: the review explains ${explained} of ${questions} answers (context)`];
+  }
+  return [];
+}
+
 function pages(dir) {
   const found = [];
   for (const name of readdirSync(dir)) {
@@ -107,6 +179,7 @@ try {
   const list = pages(bookDir);
   if (list.length === 0) fail(bookDir, "no pages found");
   let diagrams = 0;
+  let quizzes = 0;
   for (const page of list) {
     const tab = await context.newPage();
     const problems = [];
@@ -138,8 +211,22 @@ try {
     if (SHOTS.includes(page)) {
       await tab.screenshot({ path: join(shotDir, page.replace(/\.html$/, ".png")), fullPage: false });
     }
+    let quizzed = "";
+    if (CHAPTER.test(page)) {
+      const quizProblems = await takeQuiz(tab, page).catch((err) => [
+        `chapter ${page}: taking the quiz failed: ${err.message.split("\n")[0]}`,
+      ]);
+      problems.push(...quizProblems);
+      if (quizProblems.length === 0) {
+        quizzes += 1;
+        quizzed = ", quiz taken";
+        await tab.locator(".quiz-placeholder").screenshot({ path: join(shotDir, page.replace(/\.html$/, "-quiz.png")) });
+      }
+    }
     for (const problem of problems) fail(page, problem);
-    console.log(`${problems.length === 0 ? "ok  " : "FAIL"} ${page}${mermaid ? ` (${mermaid} diagrams)` : ""}`);
+    console.log(
+      `${problems.length === 0 ? "ok  " : "FAIL"} ${page}${mermaid ? ` (${mermaid} diagrams)` : ""}${quizzed}`,
+    );
     await tab.close();
   }
 
@@ -165,7 +252,9 @@ try {
   }
   await tab.screenshot({ path: join(shotDir, "search.png") });
   await tab.close();
-  console.log(`${list.length} pages, ${diagrams} diagrams; screenshots in ${shotDir}`);
+  const chapters = list.filter((page) => CHAPTER.test(page)).length;
+  if (chapters === 0) fail(bookDir, "no chapter pages (NN-name.html) found");
+  console.log(`${list.length} pages, ${diagrams} diagrams, ${quizzes} of ${chapters} quizzes taken; screenshots in ${shotDir}`);
 } finally {
   await context.close();
   server.close();

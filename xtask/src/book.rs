@@ -5,19 +5,24 @@
 //!      (`book/src/generated/NN-name.md`) from `steps/`;
 //!   2. with `--bless`, runs every command of the book's ```console blocks as root
 //!      and writes their real output into the markdown (see `book/commands.rs`);
-//!   3. installs the pinned mdbook and mdbook-mermaid if they are missing, builds
-//!      the book (no warnings allowed) and checks its internal links;
-//!   4. with `--open`, opens it in a browser.
+//!   3. checks the chapters' quizzes against the console output (`book/quiz.rs`);
+//!   4. installs the pinned mdbook, mdbook-mermaid and mdbook-quiz if they are
+//!      missing, builds the book (no warnings allowed) and checks its internal links;
+//!   5. with `--browser`, runs the headless-browser test on the built pages, as the
+//!      book tier does (it runs no console command, so it is safe anywhere);
+//!   6. with `--open`, opens it in a browser.
 //!
 //! The book tier checks the same things without writing anything: the generated
 //! files and mermaid's JavaScript are up to date, every `{{#include}}` finds its
-//! anchor, the build is clean, every console command prints what the book shows,
-//! and the rendered pages work in a real headless Chromium (`book/tests/`).
+//! anchor, no quiz answer contradicts the output it quotes, the build is clean,
+//! every console command prints what the book shows, and the rendered pages work
+//! in a real headless Chromium (`book/tests/`), each chapter's quiz included.
 
 pub(crate) mod commands;
 mod diffs;
 pub mod figures;
 mod links;
+pub(crate) mod quiz;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,6 +43,23 @@ struct Tool {
 /// API 0.5.0 and prints a warning when a different mdbook calls it: keep them in step.
 const MDBOOK: Tool = Tool { krate: "mdbook", version: "0.5.0" };
 const MDBOOK_MERMAID: Tool = Tool { krate: "mdbook-mermaid", version: "0.17.1" };
+/// mdbook-quiz 0.5.0 is the first release for mdBook 0.5. Its JavaScript is in the
+/// crate, built: it installs offline like the others. At every build it writes
+/// that JavaScript and CSS into book/src/quiz/ (ignored by git; see QUIZ_ASSETS).
+const MDBOOK_QUIZ: Tool = Tool { krate: "mdbook-quiz", version: "0.5.0" };
+
+/// mdbook-quiz 0.5.0's lock file has mdbook-preprocessor 0.5.2, and it warns when an
+/// older mdbook calls it ("built against version 0.5.2 of mdbook, but we're being
+/// called from version 0.5.0"), though mdBook 0.5's preprocessor protocol is the same
+/// (the browser test takes every quiz). That one line is not counted as a warning.
+/// mdbook 0.5.2 would silence it (mdbook-mermaid accepts any 0.5.x), but changes the
+/// pinned mdbook that every checkout on a machine shares in ~/.cargo/bin.
+const MDBOOK_QUIZ_BUILT_AGAINST: &str = "0.5.2";
+
+/// What mdbook-quiz writes into book/src/ at every build, and mdbook then copies
+/// into the HTML: unlike mermaid's files, nothing to commit or compare, since the
+/// pinned preprocessor itself writes them each time. The build must leave them there.
+const QUIZ_ASSETS: [&str; 2] = ["quiz/quiz-embed.iife.js", "quiz/style.css"];
 
 /// The JavaScript that draws the diagrams, copied into book/ by `mdbook-mermaid install`.
 const MERMAID_ASSETS: [&str; 2] = ["mermaid.min.js", "mermaid-init.js"];
@@ -54,7 +76,7 @@ fn html_dir() -> PathBuf {
 }
 
 /// The `book` task.
-pub fn run(bless: bool, open: bool) -> Result<()> {
+pub fn run(bless: bool, open: bool, browser_test: bool) -> Result<()> {
     let written = diffs::write()?;
     println!("book: step diffs up to date in book/src/generated ({written} files)");
     figures::write()?;
@@ -63,12 +85,16 @@ pub fn run(bless: bool, open: bool) -> Result<()> {
         commands::check(true)?;
         crate::vm::book::check(true)?;
     }
+    quiz::check()?;
     let tools = install_tools()?;
     mermaid_assets(&tools, true)?;
     build(&tools)?;
     links::check_html(&html_dir())?;
     let index = html_dir().join("index.html");
     println!("book: built {}", index.display());
+    if browser_test {
+        browser()?;
+    }
     if open {
         match which("xdg-open") {
             Some(opener) => run_cmd(Command::new(opener).arg(&index))?,
@@ -78,7 +104,8 @@ pub fn run(bless: bool, open: bool) -> Result<()> {
     Ok(())
 }
 
-/// The book tier: check everything, write nothing (except the HTML and screenshots under target/).
+/// The book tier: check everything, write nothing (except the HTML, the screenshots under
+/// target/ and mdbook-quiz's git-ignored book/src/quiz/, see QUIZ_ASSETS).
 pub fn tier() -> Result<()> {
     let mut problems = Vec::new();
     let mut step = |what: &str, result: Result<()>| {
@@ -90,6 +117,7 @@ pub fn tier() -> Result<()> {
     step("step diffs", diffs::check());
     step("reliability figures", figures::check());
     step("includes and anchors", links::check_sources());
+    step("quizzes and the output they quote", quiz::check());
     let built = install_tools().and_then(|tools| {
         mermaid_assets(&tools, false)?;
         build(&tools)?;
@@ -125,11 +153,11 @@ fn installed_version(bin: &Path) -> Option<String> {
     Some(text.split_whitespace().last()?.trim_start_matches('v').to_string())
 }
 
-/// Install mdbook and mdbook-mermaid at the pinned versions unless they are there
+/// Install mdbook, mdbook-mermaid and mdbook-quiz at the pinned versions unless they are there
 /// already; returns the directory they are in.
 fn install_tools() -> Result<PathBuf> {
     let bin_dir = cargo_bin_dir();
-    for tool in [&MDBOOK, &MDBOOK_MERMAID] {
+    for tool in [&MDBOOK, &MDBOOK_MERMAID, &MDBOOK_QUIZ] {
         let bin = bin_dir.join(tool.krate);
         if installed_version(&bin).as_deref() == Some(tool.version) {
             continue;
@@ -200,12 +228,34 @@ fn build(tools: &Path) -> Result<()> {
     if !out.status.success() {
         bail!("`{line}` failed ({})", out.status);
     }
-    let warnings: Vec<&str> =
-        text.lines().filter(|l| !l.trim().is_empty() && !l.contains(" INFO ")).collect();
+    // mdbook logs " INFO ", mdbook-quiz's logger "[INFO]".
+    let known = quiz_version_warning();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains(" INFO ") && !l.contains(" [INFO] ") && *l != known)
+        .collect();
     if !warnings.is_empty() {
         bail!("mdbook printed {} warnings:\n{}", warnings.len(), warnings.join("\n"));
     }
+    for asset in QUIZ_ASSETS {
+        if !html_dir().join(asset).is_file() {
+            bail!("mdbook-quiz {} wrote no {asset} into the book", MDBOOK_QUIZ.version);
+        }
+    }
     Ok(())
+}
+
+/// The line mdbook-quiz prints when the pinned mdbook is older than its own (see
+/// MDBOOK_QUIZ_BUILT_AGAINST); empty when they agree.
+fn quiz_version_warning() -> String {
+    if MDBOOK.version == MDBOOK_QUIZ_BUILT_AGAINST {
+        return String::new();
+    }
+    format!(
+        "Warning: The quiz plugin was built against version {MDBOOK_QUIZ_BUILT_AGAINST} of mdbook, \
+         but we're being called from version {}",
+        MDBOOK.version
+    )
 }
 
 /// Open every page in headless Chromium (book/tests/browser.mjs, with playwright-core).

@@ -127,6 +127,10 @@ enum Task {
         /// Open the built book in a browser.
         #[arg(long)]
         open: bool,
+        /// Also run the book tier's headless-browser test (book/tests/browser.mjs) on
+        /// the built book: every page, diagram and quiz, and the search. Runs no console command.
+        #[arg(long)]
+        browser: bool,
     },
     /// Grade the exercises (or their solutions): a table, and a JSON report for a classroom.
     Grade {
@@ -183,7 +187,7 @@ fn main() -> ExitCode {
         Task::VmTest { kernel, timeout, all, guest, args, book: false } => {
             vm::run(&vm::Options { kernel, timeout, all, args, guest })
         }
-        Task::Book { bless, open } => book::run(bless, open),
+        Task::Book { bless, open, browser } => book::run(bless, open, browser),
         Task::BookCommands { bless } => book::commands_task(bless),
         Task::Grade { exercises, solutions, watch, report } => {
             let kind = if solutions { exercises::Kind::Solution } else { exercises::Kind::Exercise };
