@@ -172,40 +172,29 @@ pub fn run_as_root(bless: bool) -> Result<()> {
             for (cmd, ran) in block.commands.iter().zip(results) {
                 commands += 1;
                 let place = format!("{}:{}", display_path(&file), cmd.line + 1);
-                let matches = normalise(&cmd.expected_output(&block.indent)) == normalise(&ran.output);
                 let mut problems = Vec::new();
                 if let Some(why) = &ran.not_run {
                     problems.push(why.clone());
                 } else if ran.timed_out {
                     problems.push(format!("killed after {}s", TIMEOUT.as_secs()));
-                } else if ran.status != Some(0) {
-                    problems.push(format!(
-                        "exit status {:?}; to show a failure, end the command with `; echo \"exit status: $?\"`",
-                        ran.status
-                    ));
+                } else if let Some(problem) = status_problem(ran.status) {
+                    problems.push(problem);
                 }
                 if ran.left_running {
                     problems.push("left processes running (they were killed)".to_string());
                 }
-                let can_bless = problems.is_empty();
-                if !matches {
-                    problems.push("prints something else than the book shows".to_string());
+                match judge(cmd, &block.indent, &ran.output, problems, bless, &mut rendered) {
+                    Verdict::Kept => {}
+                    Verdict::Blessed => {
+                        blessed += 1;
+                        changed = true;
+                        println!("blessed {place}: {}", cmd.shell);
+                    }
+                    Verdict::Failed(problems) => {
+                        failed += 1;
+                        report(&place, cmd, &cmd.expected_output(&block.indent), &ran.output, &problems);
+                    }
                 }
-                rendered.extend(cmd.shown.iter().cloned());
-                if problems.is_empty() {
-                    rendered.extend(cmd.expected.iter().cloned());
-                    continue;
-                }
-                if bless && can_bless {
-                    blessed += 1;
-                    changed = true;
-                    println!("blessed {place}: {}", cmd.shell);
-                    rendered.extend(output_lines(&ran.output).map(|l| format!("{}{l}", block.indent)));
-                    continue;
-                }
-                failed += 1;
-                report(&place, cmd, &cmd.expected_output(&block.indent), &ran.output, &problems);
-                rendered.extend(cmd.expected.iter().cloned());
             }
             if changed {
                 replacements.push((block.first, block.end, rendered));
@@ -227,7 +216,57 @@ pub fn run_as_root(bless: bool) -> Result<()> {
     Ok(())
 }
 
-fn report(place: &str, cmd: &Cmd, expected: &str, output: &str, problems: &[String]) {
+/// What became of a command's lines in the markdown.
+pub(crate) enum Verdict {
+    /// It printed what the book shows.
+    Kept,
+    /// It printed something else, and `--bless` wrote that in.
+    Blessed,
+    /// These problems; the book's lines stay.
+    Failed(Vec<String>),
+}
+
+/// Compares what a command printed with what the book shows, given the problems
+/// its run had (not run, killed, a bad status), and appends the lines the block
+/// should have now to `rendered`. Only a clean run may be blessed. (The host's
+/// commands and the VM's cgroup-v2 ones are judged alike.)
+pub(crate) fn judge(
+    cmd: &Cmd,
+    indent: &str,
+    output: &str,
+    mut problems: Vec<String>,
+    bless: bool,
+    rendered: &mut Vec<String>,
+) -> Verdict {
+    let can_bless = problems.is_empty();
+    if normalise(&cmd.expected_output(indent)) != normalise(output) {
+        problems.push("prints something else than the book shows".to_string());
+    }
+    rendered.extend(cmd.shown.iter().cloned());
+    if problems.is_empty() {
+        rendered.extend(cmd.expected.iter().cloned());
+        return Verdict::Kept;
+    }
+    if bless && can_bless {
+        rendered.extend(output_lines(output).map(|l| format!("{indent}{l}")));
+        return Verdict::Blessed;
+    }
+    rendered.extend(cmd.expected.iter().cloned());
+    Verdict::Failed(problems)
+}
+
+/// The problem with a command's exit status, if it has one (a failure is shown
+/// by ending the command with `echo "exit status: $?"`, so it exits 0).
+pub(crate) fn status_problem(status: Option<i32>) -> Option<String> {
+    let status = match status {
+        Some(0) => return None,
+        Some(code) => format!("exit status {code}"),
+        None => "no exit status (ended by a signal)".to_string(),
+    };
+    Some(format!("{status}; to show a failure, end the command with `; echo \"exit status: $?\"`"))
+}
+
+pub(crate) fn report(place: &str, cmd: &Cmd, expected: &str, output: &str, problems: &[String]) {
     println!("\nFAILED {place}: {}", problems.join("; "));
     println!("  $ {}", cmd.shell);
     let shown = normalise(expected);
@@ -504,24 +543,30 @@ fn import_example_image() -> Result<()> {
     Ok(())
 }
 
+/// `bash -c SCRIPT` as the book's commands run: from the workspace root, with
+/// only `ENV`, no input, stdout and stderr into one pipe, in a process group of
+/// its own (a timeout kills the whole group). Returns the child and the pipe's
+/// reading end, which sees the end once bash and everything it started are gone.
+fn bash(script: String) -> Result<(std::process::Child, std::io::PipeReader)> {
+    let (reader, writer) = std::io::pipe().context("create a pipe")?;
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(script)
+        .current_dir(workspace_root())
+        .env_clear()
+        .envs(ENV)
+        .stdin(Stdio::null())
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
+        .process_group(0);
+    let child = cmd.spawn().context("start bash")?;
+    // `cmd`, and with it our copies of the pipe's write end, is dropped here.
+    Ok((child, reader))
+}
+
 fn execute(shell: &str) -> Result<Ran> {
     let script = format!("sudo() {{ env \"$@\"; }}\n{shell}\n");
-    let (mut reader, writer) = std::io::pipe().context("create a pipe")?;
-    let mut child = {
-        let mut cmd = Command::new("bash");
-        cmd.arg("-c")
-            .arg(script)
-            .current_dir(workspace_root())
-            .env_clear()
-            .envs(ENV)
-            .stdin(Stdio::null())
-            .stdout(writer.try_clone()?)
-            .stderr(writer)
-            .process_group(0);
-        cmd.spawn().context("start bash")?
-        // `cmd` (and our copies of the pipe's write end) are dropped here, so the
-        // reader sees the end once the command and everything it started are gone.
-    };
+    let (mut child, mut reader) = bash(script)?;
     let group = child.id() as i32;
     let collector = std::thread::spawn(move || {
         let mut bytes = Vec::new();
@@ -587,20 +632,7 @@ impl Session {
             // output without one (the blank line it may add does not count).
             script.push_str(&format!("{}\nprintf '\\n%s %d %d\\n' '{mark}' {n} $?\n", cmd.shell));
         }
-        let (mut reader, writer) = std::io::pipe().context("create a pipe")?;
-        let child = {
-            let mut cmd = Command::new("bash");
-            cmd.arg("-c")
-                .arg(script)
-                .current_dir(workspace_root())
-                .env_clear()
-                .envs(ENV)
-                .stdin(Stdio::null())
-                .stdout(writer.try_clone()?)
-                .stderr(writer)
-                .process_group(0);
-            cmd.spawn().context("start bash")?
-        };
+        let (child, mut reader) = bash(script)?;
         let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = output.clone();
         let collector = std::thread::spawn(move || {

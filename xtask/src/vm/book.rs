@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 
 use super::systemd::{self, Plan};
-use crate::book::commands::{self as host, Block, Scene};
+use crate::book::commands::{self as host, Block, Scene, Verdict};
 use crate::{display_path, shell_quote, workspace_root};
 
 const BEGIN: &str = "WORKSHOP-BOOK-BEGIN";
@@ -169,40 +169,22 @@ fn compare(files: &[File], ran: &BTreeMap<usize, Ran>, bless: bool) -> Result<()
                     );
                 } else if result.millis >= TIMEOUT_SECONDS * 1000 {
                     problems.push(format!("killed after {TIMEOUT_SECONDS}s"));
-                } else if result.status != 0 {
-                    problems.push(format!(
-                        "exit status {}; to show a failure, end the command with `; echo \"exit status: $?\"`",
-                        result.status
-                    ));
+                } else if let Some(problem) = host::status_problem(Some(result.status)) {
+                    problems.push(problem);
                 }
-                let can_bless = problems.is_empty();
-                if host::normalise(&expected) != host::normalise(&output) {
-                    problems.push("prints something else than the book shows (in the systemd guest)".into());
+                match host::judge(cmd, &block.indent, &output, problems, bless, &mut rendered) {
+                    Verdict::Kept => {}
+                    Verdict::Blessed => {
+                        blessed += 1;
+                        changed = true;
+                        println!("blessed {place} (in the systemd guest): {}", cmd.shell);
+                    }
+                    Verdict::Failed(problems) => {
+                        failed += 1;
+                        let place = format!("{place} (in the systemd guest)");
+                        host::report(&place, cmd, &expected, &output, &problems);
+                    }
                 }
-                rendered.extend(cmd.shown.iter().cloned());
-                if problems.is_empty() {
-                    rendered.extend(cmd.expected.iter().cloned());
-                    continue;
-                }
-                if bless && can_bless {
-                    blessed += 1;
-                    changed = true;
-                    println!("blessed {place} (in the systemd guest): {}", cmd.shell);
-                    rendered.extend(host::output_lines(&output).map(|l| format!("{}{l}", block.indent)));
-                    continue;
-                }
-                failed += 1;
-                println!("\nFAILED {place} (in the systemd guest): {}", problems.join("; "));
-                println!("  $ {}", cmd.shell);
-                println!("  the book shows (normalised):");
-                for line in host::normalise(&expected).lines() {
-                    println!("    | {line}");
-                }
-                println!("  it printed (normalised):");
-                for line in host::normalise(&output).lines() {
-                    println!("    | {line}");
-                }
-                rendered.extend(cmd.expected.iter().cloned());
             }
             if changed {
                 replacements.push((block.first, block.end, rendered));
