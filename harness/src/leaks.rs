@@ -4,6 +4,7 @@
 //! that fails the test, and is then removed so it cannot spoil the next one.
 //! Later steps add their resources here (cgroups, links, state files).
 
+use crate::paths;
 use crate::sandbox::links_in;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,11 +13,10 @@ use std::process::Command;
 const NAMESPACES: [&str; 7] = ["pid", "mnt", "uts", "ipc", "net", "user", "cgroup"];
 
 /// The runtimes' state directory (IPAM leases, ...); it must be empty after a run.
-pub const STATE: &str = "/run/workshop";
+pub const STATE: &str = paths::RUN;
 /// What the runtimes keep on disk, one entry per container, image or volume
 /// (the per-mapping rootfs copies of --userns are a cache, not counted).
-const KEPT: [&str; 3] =
-    ["/var/lib/workshop/containers", "/var/lib/workshop/images", "/var/lib/workshop/volumes"];
+const KEPT: [&str; 3] = [paths::CONTAINERS, paths::IMAGES, paths::VOLUMES];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {

@@ -9,6 +9,7 @@ pub mod checks;
 pub mod exercises;
 pub mod figures;
 pub mod leaks;
+pub mod paths;
 pub mod probe;
 pub mod run;
 pub mod sandbox;

@@ -442,7 +442,7 @@ fn scaling(w: &Worker) -> Result<Value> {
         }
         // Each runtime cleans up before it exits: all exited is all cleaned up.
         let ms = start.elapsed().as_secs_f64() * 1000.0;
-        let leftovers = std::fs::read_dir("/run/workshop/ipam").map(|d| d.count()).unwrap_or(0);
+        let leftovers = std::fs::read_dir(crate::paths::LEASES).map(|d| d.count()).unwrap_or(0);
         concurrent
             .push(json!({ "containers": n, "all_done_ms": ms, "failed": failed, "leases_left": leftovers }));
     }

@@ -16,7 +16,7 @@ pub const NAME: &str = "example";
 
 /// Imports the example image with `step` unless it is there already.
 pub fn ensure(step: &Step, rootfs: &Path) -> Result<()> {
-    match std::path::Path::new("/var/lib/workshop/images").join(NAME).exists() {
+    match std::path::Path::new(crate::paths::IMAGES).join(NAME).exists() {
         true => Ok(()),
         false => import(step, rootfs),
     }

@@ -16,6 +16,11 @@ mod grade;
 mod handout;
 mod image;
 mod mountinfo;
+// Where the runtimes keep things on the host: said once, in the harness
+// (not every path is one the xtask needs).
+#[allow(dead_code)]
+#[path = "../../harness/src/paths.rs"]
+mod paths;
 mod rootfs;
 mod setup;
 mod test;

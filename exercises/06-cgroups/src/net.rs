@@ -23,7 +23,7 @@ pub const BRIDGE: &str = "workshop0";
 /// The workshop's subnet, 10.77.0.0/24: the bridge is .1, containers get .2 to .254.
 const SUBNET: [u8; 3] = [10, 77, 0];
 /// One file per leased address, named like the address (it vanishes at reboot).
-const LEASES: &str = "/run/workshop/ipam";
+const LEASES: &str = crate::paths::LEASES;
 
 // ANCHOR: modes
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::SeqCst};
 /// How long PID 1 has to exit after the first signal (Docker's default).
 const GRACE_SECONDS: u32 = 10;
 
+// A signal handler can only reach statics: one container per process. A
+// daemon that runs many (step 11) forwards from a signalfd loop instead.
 static CHILD: AtomicI32 = AtomicI32::new(0);
 static RECEIVED: AtomicU32 = AtomicU32::new(0);
 

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
-pub const STORE: &str = "/var/lib/workshop/images";
+pub const STORE: &str = crate::paths::IMAGES;
 
 /// The image's layer directories, bottom first.
 pub fn layers(name: &str) -> Result<Vec<PathBuf>> {

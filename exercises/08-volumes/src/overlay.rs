@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 /// One directory per container: its layer (`upper`), overlayfs's scratch
 /// space (`work`), the mounted root (`merged`), and the layers it stands on.
-pub const CONTAINERS: &str = "/var/lib/workshop/containers";
+pub const CONTAINERS: &str = crate::paths::CONTAINERS;
 
 /// A container's mounted root; dropping it unmounts it, and with `--rm`
 /// also removes the container's layer.
@@ -72,6 +72,8 @@ pub fn mount_root(id: &str, lowers: &[PathBuf], keep: bool, owner: u32) -> Resul
         // unmounting waits for a sync of the whole upper filesystem (~40 ms).
         data.push_str(",volatile");
     }
+    // The working directory is the whole process's: a daemon with threads
+    // (step 11) must mount from a forked helper, or hand overlayfs fd paths.
     let here = std::env::current_dir().ok();
     if let Some(common) = common {
         std::env::set_current_dir(common).with_context(|| format!("chdir {}", common.display()))?;

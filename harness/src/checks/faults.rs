@@ -73,7 +73,7 @@ fn rm_variants(ctx: &Ctx) -> Vec<bool> {
     }
 }
 
-const CONTAINERS: &str = "/var/lib/workshop/containers";
+use crate::paths::CONTAINERS;
 
 fn volume_dir() -> Result<TempPath> {
     let dir = TempPath::new("fault-volume");

@@ -36,11 +36,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// A fuzzed value may be valid and run a container: under software emulation
 /// a small but valid --cpus makes that take seconds.
 const FUZZ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Where the runtimes keep images and named volumes.
-const IMAGES: &str = "/var/lib/workshop/images";
-const VOLUMES: &str = "/var/lib/workshop/volumes";
 /// The per-mapping rootfs copies that a valid `--userns-remap` makes (a cache).
-const USERNS_CACHE: &str = "/var/lib/workshop/userns";
+use crate::paths::USERNS_CACHE;
+/// Where the runtimes keep images and named volumes.
+use crate::paths::{IMAGES, VOLUMES};
 
 /// How a case is run.
 #[derive(Clone, Copy)]

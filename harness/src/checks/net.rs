@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
-const LEASES: &str = "/run/workshop/ipam";
+use crate::paths::LEASES;
 
 pub fn checks() -> Vec<Check> {
     vec![

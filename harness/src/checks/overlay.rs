@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-pub(super) const IMAGES: &str = "/var/lib/workshop/images";
+pub(super) use crate::paths::IMAGES;
 
 pub fn checks() -> Vec<Check> {
     vec![
@@ -16,6 +16,8 @@ pub fn checks() -> Vec<Check> {
         Check::new(7, "overlay::copy_on_write_leaves_every_layer_untouched", copy_on_write),
         Check::new(7, "overlay::a_hundred_layers_start", a_hundred_layers_start).plain_only(),
         Check::new(7, "overlay::rm_and_ls_manage_kept_layers", rm_and_ls_manage_kept_layers).plain_only(),
+        Check::new(7, "overlay::only_a_setup_failure_loses_the_layer", only_a_setup_failure_loses_the_layer)
+            .plain_only(),
         Check::new(7, "errors::crafted_tars_are_refused_and_touch_nothing", crafted_tars_are_refused)
             .plain_only()
             .escape(),
@@ -236,6 +238,36 @@ fn rm_and_ls_manage_kept_layers(ctx: &Ctx) -> Result<()> {
     removed.expect_status(0)?;
     let again = Run::raw(&ctx.step.bin).args(["rm", &name]).output()?;
     again.expect_status(125)?.expect_one_error_line(&[&name])?;
+    Ok(())
+}
+
+/// The child reports a failed setup on its error pipe; a COMMAND that exits
+/// 125 by itself is no runtime failure, and its layer is kept like any other.
+fn only_a_setup_failure_loses_the_layer(ctx: &Ctx) -> Result<()> {
+    let name = format!("exits125-{}", std::process::id());
+    let run = Run::raw(&ctx.step.bin).args(["run", "--name", &name, "--rootfs"]).arg(&ctx.workshop.rootfs);
+    let outcome = run.clone().cmd(["sh", "-c", "echo kept > /kept; exit 125"]).output()?;
+    let listed = Run::raw(&ctx.step.bin).arg("ls").output()?;
+    let removed = Run::raw(&ctx.step.bin).args(["rm", &name]).output()?;
+    outcome.expect_status(125)?;
+    ensure!(
+        outcome.stderr.trim().is_empty(),
+        "COMMAND's own 125 got a runtime error: {}",
+        outcome.stderr.trim()
+    );
+    ensure!(
+        listed.stdout.lines().any(|l| l.trim() == name),
+        "the layer of a COMMAND that exited 125 was not kept"
+    );
+    removed.expect_status(0)?;
+    // A failure inside the child's setup (its mounts) is the runtime's: one line, no layer.
+    let failed = run.wrapped(["env", "WORKSHOP_FAULT=mounts"]).cmd(["true"]).output()?;
+    failed.expect_status(125)?.expect_one_error_line(&["injected fault at stage mounts"])?;
+    let listed = Run::raw(&ctx.step.bin).arg("ls").output()?;
+    ensure!(
+        !listed.stdout.lines().any(|l| l.trim() == name),
+        "a container whose setup failed kept its layer"
+    );
     Ok(())
 }
 

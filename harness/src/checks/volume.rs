@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-const VOLUMES: &str = "/var/lib/workshop/volumes";
+use crate::paths::VOLUMES;
 
 pub fn checks() -> Vec<Check> {
     vec![

@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-const IMAGES: &str = "/var/lib/workshop/images";
-const CONTAINERS: &str = "/var/lib/workshop/containers";
+use crate::paths::{CONTAINERS, IMAGES};
 
 pub fn exercise() -> Exercise {
     Exercise {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The runtimes' records, one per running container, named by its id.
-const RECORDS: &str = "/run/workshop/containers";
+const RECORDS: &str = crate::paths::RECORDS;
 
 pub fn exercise() -> Exercise {
     Exercise {

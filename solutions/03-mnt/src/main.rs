@@ -19,7 +19,7 @@ use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 use nix::sched::CloneFlags;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -74,22 +74,40 @@ fn run(args: RunArgs) -> Result<i32> {
     // CLONE_NEWNS: it gets a copy of our mount table to change at will.
     let flags = CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS;
     pid::forward_signals()?;
-    let child_pid = process::spawn(flags, || child(&hostname, &rootfs, args.read_only, &args.command))?;
-    pid::forward_to(child_pid);
+    let spec = Spec { hostname, rootfs, read_only: args.read_only, command: args.command };
+    let mut container = process::spawn(flags, || child(&spec))?;
+    pid::forward_to(container.pid);
+    // The child sets itself up now: it reports a failure, or its exec closes the pipe.
+    container.wait_for_exec()?;
 
-    process::wait_for(child_pid)
+    process::wait_for(container.pid)
 }
 // ANCHOR_END: run
 
 // ANCHOR: child
+// ANCHOR: spec
+/// What the child needs to become the container, decided by `run`: a new
+/// feature adds a field here, not an argument to `child`.
+struct Spec {
+    /// The container's hostname.
+    hostname: String,
+    /// The directory that becomes the container's root.
+    rootfs: PathBuf,
+    /// Remount the root read-only (--read-only).
+    read_only: bool,
+    /// COMMAND and its arguments.
+    command: Vec<String>,
+}
+// ANCHOR_END: spec
+
 /// The container's side: runs in the new namespaces and becomes COMMAND.
-fn child(hostname: &str, rootfs: &Path, read_only: bool, command: &[String]) -> Result<Infallible> {
-    uts::set_hostname(hostname)?;
-    rootfs::enter(rootfs)?;
-    if read_only {
+fn child(spec: &Spec) -> Result<Infallible> {
+    uts::set_hostname(&spec.hostname)?;
+    rootfs::enter(&spec.rootfs)?;
+    if spec.read_only {
         rootfs::make_read_only()?;
     }
-    rootfs::clean_env(hostname);
-    process::exec(command)
+    rootfs::clean_env(&spec.hostname);
+    process::exec(&spec.command)
 }
 // ANCHOR_END: child

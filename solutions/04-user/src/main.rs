@@ -11,6 +11,7 @@
 //! root (see `parse_user` and `switch_to` in `user.rs`, and README.md beside
 //! Cargo.toml).
 
+mod paths;
 mod pid;
 mod process;
 mod rootfs;
@@ -23,7 +24,7 @@ use clap::{Parser, Subcommand};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -93,19 +94,20 @@ fn run(args: RunArgs) -> Result<i32> {
     }
     let mut sync = sync::Sync::new()?;
     pid::forward_signals()?;
-    let child_pid = process::spawn(flags, || {
-        child(&mut sync, userns.is_some(), args.user, &hostname, &rootfs, &args.command)
-    })?;
-    pid::forward_to(child_pid);
+    let spec = Spec { userns: userns.is_some(), user: args.user, hostname, rootfs, command: args.command };
+    let mut container = process::spawn(flags, || child(&spec, &mut sync))?;
+    pid::forward_to(container.pid);
 
     // The child waits while we do what only the outside can do.
-    if let Err(err) = outside_setup(child_pid, userns) {
-        process::stop(child_pid);
+    if let Err(err) = outside_setup(container.pid, userns) {
+        process::stop(container.pid);
         return Err(err);
     }
     sync.release_child()?;
+    // The child sets itself up now: it reports a failure, or its exec closes the pipe.
+    container.wait_for_exec()?;
 
-    process::wait_for(child_pid)
+    process::wait_for(container.pid)
 }
 // ANCHOR_END: run
 
@@ -120,25 +122,35 @@ fn outside_setup(child_pid: Pid, userns: Option<user::Mapping>) -> Result<()> {
 // ANCHOR_END: outside_setup
 
 // ANCHOR: child
-/// The container's side: runs in the new namespaces and becomes COMMAND.
-fn child(
-    sync: &mut sync::Sync,
+// ANCHOR: spec
+/// What the child needs to become the container, decided by `run`: a new
+/// feature adds a field here, not an argument to `child`.
+struct Spec {
+    /// Whether it has a user namespace of its own (the host writes its uid map).
     userns: bool,
+    /// The user COMMAND runs as (--user).
     user: Option<user::User>,
-    hostname: &str,
-    rootfs: &Path,
-    command: &[String],
-) -> Result<Infallible> {
+    /// The container's hostname.
+    hostname: String,
+    /// The directory that becomes the container's root.
+    rootfs: PathBuf,
+    /// COMMAND and its arguments.
+    command: Vec<String>,
+}
+// ANCHOR_END: spec
+
+/// The container's side: runs in the new namespaces and becomes COMMAND.
+fn child(spec: &Spec, sync: &mut sync::Sync) -> Result<Infallible> {
     sync.wait_for_parent()?;
-    if userns {
+    if spec.userns {
         user::become_root()?;
     }
-    uts::set_hostname(hostname)?;
-    rootfs::enter(rootfs)?;
-    rootfs::clean_env(hostname);
-    if let Some(user) = user {
+    uts::set_hostname(&spec.hostname)?;
+    rootfs::enter(&spec.rootfs)?;
+    rootfs::clean_env(&spec.hostname);
+    if let Some(user) = spec.user {
         user::switch_to(user)?;
     }
-    process::exec(command)
+    process::exec(&spec.command)
 }
 // ANCHOR_END: child

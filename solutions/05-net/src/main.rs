@@ -12,6 +12,7 @@
 //! runtime (see `publish.rs`, and README.md beside Cargo.toml).
 
 mod net;
+mod paths;
 mod pid;
 mod process;
 mod publish;
@@ -25,7 +26,7 @@ use clap::{Parser, Subcommand};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(name = env!("CARGO_BIN_NAME"), about = "Step 05: run a command with a network of its own (+ network namespace)")]
@@ -107,23 +108,25 @@ fn run(args: RunArgs) -> Result<i32> {
     // The host ports are taken now: one in use is an error before the container exists.
     let mut proxy = publish::Proxy::bind(&args.publish)?;
     let mut sync = sync::Sync::new()?;
-    let child_pid =
-        process::spawn(flags, || child(&mut sync, userns.is_some(), &hostname, &rootfs, &args.command))?;
-    pid::forward_to(child_pid);
+    let spec = Spec { userns: userns.is_some(), hostname, rootfs, command: args.command };
+    let mut container = process::spawn(flags, || child(&spec, &mut sync))?;
+    pid::forward_to(container.pid);
 
     // The child waits while we do what only the outside can do.
-    if let Err(err) = outside_setup(child_pid, userns, &mut network) {
-        process::stop(child_pid);
+    if let Err(err) = outside_setup(container.pid, userns, &mut network) {
+        process::stop(container.pid);
         return Err(err);
     }
     sync.release_child()?;
     // Threads only now: until the clone above, the runtime must be single-threaded.
     if let Err(err) = proxy.start(network.address()) {
-        process::stop(child_pid);
+        process::stop(container.pid);
         return Err(err);
     }
+    // The child sets itself up now: it reports a failure, or its exec closes the pipe.
+    container.wait_for_exec()?;
 
-    let status = process::wait_for(child_pid);
+    let status = process::wait_for(container.pid);
     // Before the address goes back to the IPAM (when `network` is dropped).
     proxy.stop();
     status
@@ -141,21 +144,30 @@ fn outside_setup(child_pid: Pid, userns: Option<user::Mapping>, network: &mut ne
 // ANCHOR_END: outside_setup
 
 // ANCHOR: child
-/// The container's side: runs in the new namespaces and becomes COMMAND.
-fn child(
-    sync: &mut sync::Sync,
+// ANCHOR: spec
+/// What the child needs to become the container, decided by `run`: a new
+/// feature adds a field here, not an argument to `child`.
+struct Spec {
+    /// Whether it has a user namespace of its own (the host writes its uid map).
     userns: bool,
-    hostname: &str,
-    rootfs: &Path,
-    command: &[String],
-) -> Result<Infallible> {
+    /// The container's hostname.
+    hostname: String,
+    /// The directory that becomes the container's root.
+    rootfs: PathBuf,
+    /// COMMAND and its arguments.
+    command: Vec<String>,
+}
+// ANCHOR_END: spec
+
+/// The container's side: runs in the new namespaces and becomes COMMAND.
+fn child(spec: &Spec, sync: &mut sync::Sync) -> Result<Infallible> {
     sync.wait_for_parent()?;
-    if userns {
+    if spec.userns {
         user::become_root()?;
     }
-    uts::set_hostname(hostname)?;
-    rootfs::enter(rootfs)?;
-    rootfs::clean_env(hostname);
-    process::exec(command)
+    uts::set_hostname(&spec.hostname)?;
+    rootfs::enter(&spec.rootfs)?;
+    rootfs::clean_env(&spec.hostname);
+    process::exec(&spec.command)
 }
 // ANCHOR_END: child

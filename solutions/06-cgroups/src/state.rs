@@ -7,7 +7,7 @@ use crate::process;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
-pub const DIR: &str = "/run/workshop/containers";
+pub const DIR: &str = crate::paths::RECORDS;
 
 // ANCHOR: create
 /// Removed when dropped, after everything the container owned is gone.

@@ -10,7 +10,7 @@ use std::os::unix::fs::{lchown, symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// Where the per-mapping copies of root filesystems are kept (a cache).
-const CACHE: &str = "/var/lib/workshop/userns";
+const CACHE: &str = crate::paths::USERNS_CACHE;
 
 /// Container ids 0..size are host ids start..start+size.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -18,6 +18,7 @@ mod image;
 mod net;
 mod oci;
 mod overlay;
+mod paths;
 mod pid;
 mod process;
 mod rootfs;
@@ -33,7 +34,7 @@ use clap::{Parser, Subcommand};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -224,22 +225,30 @@ fn run(args: RunArgs) -> Result<i32> {
     let volumes = volume::prepare(&args.volumes, userns.map_or(0, |m| m.start))?;
     // ANCHOR_END: prepare_volumes
     let mut sync = sync::Sync::new()?;
-    let child_pid = process::spawn(flags, || {
-        let harden = args.cap_drop.is_some();
-        child(&mut sync, userns.is_some(), &hostname, &rootfs, &volumes, &args.tmpfs, harden, &args.command)
-    })?;
-    pid::forward_to(child_pid);
+    let spec = Spec {
+        userns: userns.is_some(),
+        hostname,
+        rootfs,
+        volumes,
+        tmpfs: args.tmpfs,
+        cap_drop: args.cap_drop.is_some(),
+        command: args.command,
+    };
+    let mut container = process::spawn(flags, || child(&spec, &mut sync))?;
+    pid::forward_to(container.pid);
 
     // The child waits while we do what only the outside can do.
-    if let Err(err) = outside_setup(child_pid, &cgroup, userns, &mut network) {
-        process::stop(child_pid);
+    if let Err(err) = outside_setup(container.pid, &cgroup, userns, &mut network) {
+        process::stop(container.pid);
         return Err(err);
     }
     sync.release_child()?;
+    // The child sets itself up now: it reports a failure, or its exec closes the pipe.
+    container.wait_for_exec()?;
 
-    let status = process::wait_for(child_pid)?;
+    let status = process::wait_for(container.pid)?;
     // ANCHOR: keep_layer
-    if status != process::RUNTIME_FAILED && !args.rm {
+    if !args.rm {
         root.keep();
     }
     // ANCHOR_END: keep_layer
@@ -287,28 +296,40 @@ fn outside_setup(
 // ANCHOR_END: outside_setup
 
 // ANCHOR: child
+// ANCHOR: spec
+/// What the child needs to become the container, decided by `run`: a new
+/// feature adds a field here, not an argument to `child`.
+struct Spec {
+    /// Whether it has a user namespace of its own (the host writes its uid map).
+    userns: bool,
+    /// The container's hostname.
+    hostname: String,
+    /// The directory that becomes the container's root.
+    rootfs: PathBuf,
+    /// The volumes to mount, in order.
+    volumes: Vec<volume::Mount>,
+    /// The tmpfs mounts (--tmpfs).
+    tmpfs: Vec<volume::Tmpfs>,
+    /// Drop every capability before exec (--cap-drop ALL).
+    cap_drop: bool,
+    /// COMMAND and its arguments.
+    command: Vec<String>,
+}
+// ANCHOR_END: spec
+
 /// The container's side: runs in the new namespaces and becomes COMMAND.
 #[allow(clippy::too_many_arguments)] // the step's list, plus this exercise's tmpfs
-fn child(
-    sync: &mut sync::Sync,
-    userns: bool,
-    hostname: &str,
-    rootfs: &Path,
-    volumes: &[volume::Mount],
-    tmpfs: &[volume::Tmpfs],
-    cap_drop: bool,
-    command: &[String],
-) -> Result<Infallible> {
+fn child(spec: &Spec, sync: &mut sync::Sync) -> Result<Infallible> {
     sync.wait_for_parent()?;
-    if userns {
+    if spec.userns {
         user::become_root()?;
     }
-    uts::set_hostname(hostname)?;
-    rootfs::enter(rootfs, volumes, tmpfs)?;
-    rootfs::clean_env(hostname);
-    if cap_drop {
+    uts::set_hostname(&spec.hostname)?;
+    rootfs::enter(&spec.rootfs, &spec.volumes, &spec.tmpfs)?;
+    rootfs::clean_env(&spec.hostname);
+    if spec.cap_drop {
         security::drop_all_capabilities()?;
     }
-    process::exec(command)
+    process::exec(&spec.command)
 }
 // ANCHOR_END: child

@@ -4,17 +4,20 @@
 //! signal N, 125 when the runtime failed, 126 when COMMAND cannot be executed,
 //! 127 when it is not found.
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{execvp, Pid};
+use nix::unistd::{execvp, pipe2, Pid};
 use std::convert::Infallible;
 use std::ffi::CString;
+use std::fs::File;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 
-pub const RUNTIME_FAILED: i32 = 125;
+const RUNTIME_FAILED: i32 = 125;
 const CANNOT_EXECUTE: i32 = 126;
 const NOT_FOUND: i32 = 127;
 
@@ -54,13 +57,18 @@ pub fn parse_args<T: clap::Parser>() -> T {
 /// Turns the runtime's result into its exit status, printing the error in one line.
 pub fn exit_status(result: Result<i32>) -> i32 {
     result.unwrap_or_else(|err| {
-        // One line, even when the error quotes a path or bytes with newlines in them.
-        eprintln!("{NAME}: error: {}", format!("{err:#}").replace('\n', "\\n"));
+        eprintln!("{NAME}: error: {}", one_line(&err));
         match err.downcast_ref::<ExecError>() {
             Some(exec) => exec.status,
             None => RUNTIME_FAILED,
         }
     })
+}
+
+/// The error and its causes in one line, even when it quotes a path or
+/// bytes with newlines in them.
+fn one_line(err: &anyhow::Error) -> String {
+    format!("{err:#}").replace('\n', "\\n")
 }
 
 // ANCHOR: fault
@@ -75,27 +83,59 @@ pub fn fault(stage: &str) -> Result<()> {
 // ANCHOR_END: fault
 
 // ANCHOR: spawn
+/// The container's first process as the runtime sees it: its pid, and the
+/// pipe on which its setup reports a failure.
+pub struct Child {
+    pub pid: Pid,
+    errors: File,
+}
+
 /// Starts `child` in a new process with the namespaces in `flags`.
-pub fn spawn(flags: CloneFlags, mut child: impl FnMut() -> Result<Infallible>) -> Result<Pid> {
+pub fn spawn(flags: CloneFlags, mut child: impl FnMut() -> Result<Infallible>) -> Result<Child> {
+    // The child reports a setup failure on this pipe. Its end closes by itself
+    // when exec succeeds (O_CLOEXEC): EOF with nothing written means COMMAND runs.
+    let (errors, report_to) = pipe2(OFlag::O_CLOEXEC).context("create the error pipe")?;
     // The child gets a copy of our memory (no CLONE_VM), so this stack is its own.
     let mut stack = vec![0u8; 1024 * 1024];
-    // A panic (a todo!(), say) must not unwind into clone(2)'s C callback,
-    // where Rust aborts with a message that reads like a crash: say so.
-    let body = Box::new(|| match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut child)) {
-        Ok(Ok(never)) => match never {},
-        Ok(Err(err)) => exit_status(Err(err)) as isize,
-        Err(_) => {
-            eprintln!(
-                "{NAME}: error: the container's setup panicked (message above); \
+    let body = Box::new(|| {
+        // A panic (a todo!(), say) must not unwind into clone(2)'s C callback,
+        // where Rust aborts with a message that reads like a crash: say so.
+        let failure = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut child)) {
+            Ok(Ok(never)) => match never {},
+            Ok(Err(err)) => err,
+            Err(_) => anyhow!(
+                "the container's setup panicked (message above); \
                  a todo!() there means that part is not written yet"
-            );
-            RUNTIME_FAILED as isize
-        }
+            ),
+        };
+        report(&report_to, &failure) as isize
     });
     // SAFETY: we are single-threaded, so the copy of our memory is consistent,
     // and the child only runs `body` on a 1 MiB stack.
     let pid = unsafe { nix::sched::clone(body, &mut stack, flags, Some(Signal::SIGCHLD as i32)) };
-    pid.context("clone a child in new namespaces")
+    let pid = pid.context("clone a child in new namespaces")?;
+    drop(report_to); // only the child may hold it open, or we would never see EOF
+    Ok(Child { pid, errors: File::from(errors) })
+}
+
+/// Child side: sends "STATUS MESSAGE" to the runtime, returns STATUS to exit with.
+fn report(pipe: &OwnedFd, err: &anyhow::Error) -> i32 {
+    let status = err.downcast_ref::<ExecError>().map_or(RUNTIME_FAILED, |exec| exec.status);
+    let _ = nix::unistd::write(pipe, format!("{status} {}", one_line(err)).as_bytes());
+    status
+}
+
+impl Child {
+    /// Host side: blocks until COMMAND runs (EOF on the pipe), or returns the
+    /// error the child's setup reported, with its exit status (and reaps it).
+    pub fn wait_for_exec(&mut self) -> Result<()> {
+        let mut report = String::new();
+        let _ = self.errors.read_to_string(&mut report);
+        let Some((status, message)) = report.split_once(' ') else { return Ok(()) };
+        let _ = wait_for(self.pid);
+        let status = status.parse().unwrap_or(RUNTIME_FAILED);
+        Err(ExecError { status, message: message.to_string() }.into())
+    }
 }
 // ANCHOR_END: spawn
 

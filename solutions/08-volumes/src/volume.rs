@@ -14,7 +14,7 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::statvfs::{statvfs, FsFlags};
 use std::path::{Component, Path, PathBuf};
 
-pub const STORE: &str = "/var/lib/workshop/volumes";
+pub const STORE: &str = crate::paths::VOLUMES;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {

@@ -52,16 +52,30 @@ fn run(args: RunArgs) -> Result<i32> {
     // clone(2) with CLONE_NEWUTS: the child starts in a fresh UTS namespace,
     // a copy of ours that it may change without anyone else noticing.
     let flags = CloneFlags::CLONE_NEWUTS;
-    let child_pid = process::spawn(flags, || child(&hostname, &args.command))?;
+    let spec = Spec { hostname, command: args.command };
+    let mut container = process::spawn(flags, || child(&spec))?;
+    // The child sets itself up now: it reports a failure, or its exec closes the pipe.
+    container.wait_for_exec()?;
 
-    process::wait_for(child_pid)
+    process::wait_for(container.pid)
 }
 // ANCHOR_END: run
 
 // ANCHOR: child
+// ANCHOR: spec
+/// What the child needs to become the container, decided by `run`: a new
+/// feature adds a field here, not an argument to `child`.
+struct Spec {
+    /// The container's hostname.
+    hostname: String,
+    /// COMMAND and its arguments.
+    command: Vec<String>,
+}
+// ANCHOR_END: spec
+
 /// The container's side: runs in the new namespaces and becomes COMMAND.
-fn child(hostname: &str, command: &[String]) -> Result<Infallible> {
-    uts::set_hostname(hostname)?;
-    process::exec(command)
+fn child(spec: &Spec) -> Result<Infallible> {
+    uts::set_hostname(&spec.hostname)?;
+    process::exec(&spec.command)
 }
 // ANCHOR_END: child

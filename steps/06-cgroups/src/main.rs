@@ -10,6 +10,7 @@
 
 mod cgroup;
 mod net;
+mod paths;
 mod pid;
 mod process;
 mod rootfs;
@@ -23,7 +24,7 @@ use clap::{Parser, Subcommand};
 use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Parser)]
 #[command(
@@ -121,18 +122,20 @@ fn run(args: RunArgs) -> Result<i32> {
     // ANCHOR_END: make_group
     let mut network = net::prepare(args.net, &id)?;
     let mut sync = sync::Sync::new()?;
-    let child_pid =
-        process::spawn(flags, || child(&mut sync, userns.is_some(), &hostname, &rootfs, &args.command))?;
-    pid::forward_to(child_pid);
+    let spec = Spec { userns: userns.is_some(), hostname, rootfs, command: args.command };
+    let mut container = process::spawn(flags, || child(&spec, &mut sync))?;
+    pid::forward_to(container.pid);
 
     // The child waits while we do what only the outside can do.
-    if let Err(err) = outside_setup(child_pid, &cgroup, userns, &mut network) {
-        process::stop(child_pid);
+    if let Err(err) = outside_setup(container.pid, &cgroup, userns, &mut network) {
+        process::stop(container.pid);
         return Err(err);
     }
     sync.release_child()?;
+    // The child sets itself up now: it reports a failure, or its exec closes the pipe.
+    container.wait_for_exec()?;
 
-    let status = process::wait_for(child_pid)?;
+    let status = process::wait_for(container.pid)?;
     // ANCHOR: oom_report
     if cgroup.oom_killed() {
         eprintln!(
@@ -176,21 +179,30 @@ fn outside_setup(
 // ANCHOR_END: outside_setup
 
 // ANCHOR: child
-/// The container's side: runs in the new namespaces and becomes COMMAND.
-fn child(
-    sync: &mut sync::Sync,
+// ANCHOR: spec
+/// What the child needs to become the container, decided by `run`: a new
+/// feature adds a field here, not an argument to `child`.
+struct Spec {
+    /// Whether it has a user namespace of its own (the host writes its uid map).
     userns: bool,
-    hostname: &str,
-    rootfs: &Path,
-    command: &[String],
-) -> Result<Infallible> {
+    /// The container's hostname.
+    hostname: String,
+    /// The directory that becomes the container's root.
+    rootfs: PathBuf,
+    /// COMMAND and its arguments.
+    command: Vec<String>,
+}
+// ANCHOR_END: spec
+
+/// The container's side: runs in the new namespaces and becomes COMMAND.
+fn child(spec: &Spec, sync: &mut sync::Sync) -> Result<Infallible> {
     sync.wait_for_parent()?;
-    if userns {
+    if spec.userns {
         user::become_root()?;
     }
-    uts::set_hostname(hostname)?;
-    rootfs::enter(rootfs)?;
-    rootfs::clean_env(hostname);
-    process::exec(command)
+    uts::set_hostname(&spec.hostname)?;
+    rootfs::enter(&spec.rootfs)?;
+    rootfs::clean_env(&spec.hostname);
+    process::exec(&spec.command)
 }
 // ANCHOR_END: child

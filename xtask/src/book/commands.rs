@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::book_dir;
+use crate::paths;
 use crate::{
     artifacts, as_root, command_line, display_path, image, is_root, rootfs, target_dir, workspace_root,
 };
@@ -60,9 +61,9 @@ use crate::{
 /// The hostname of "the host" while the book's commands run.
 const HOSTNAME: &str = "workshop-host";
 /// The runtimes' container records: the host's, shared with the book's commands.
-const RECORDS: &str = "/run/workshop/containers";
+const RECORDS: &str = paths::RECORDS;
 /// The runtimes' store of images, container layers and volumes: a tmpfs of our own.
-const STORE: &str = "/var/lib/workshop";
+const STORE: &str = paths::LIB;
 /// A command that runs longer than this is killed and fails.
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The environment of every command (nothing else from ours leaks in).

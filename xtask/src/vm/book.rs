@@ -224,10 +224,12 @@ pub fn book_script(root: &str, image_step: Option<&str>, units: &[Unit]) -> Stri
 cd {root} || exit 1
 hostname workshop-host
 ip link set lo up
-mkdir -p /var/lib/workshop /run/workshop/containers
-mount -t tmpfs -o mode=755 tmpfs /var/lib/workshop
+mkdir -p {lib} {records}
+mount -t tmpfs -o mode=755 tmpfs {lib}
 "#,
-        root = shell_quote(root)
+        root = shell_quote(root),
+        lib = crate::paths::LIB,
+        records = crate::paths::RECORDS,
     );
     if let Some(step) = image_step {
         script.push_str(&format!(

@@ -3,15 +3,19 @@
 //! A controller works in a group only if its parent lists it in
 //! `cgroup.subtree_control`, so we switch ours on along the way down.
 
-use super::{write, Limits, CPU_PERIOD_US, PARENT};
+use super::{remove_group, write, Limits, CONTROLLERS, CPU_PERIOD_US, PARENT};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 const ROOT: &str = "/sys/fs/cgroup";
-const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 
 // ANCHOR: create
-pub fn create(id: &str, limits: &Limits, dirs: &mut Vec<PathBuf>) -> Result<()> {
+/// The container's group: /sys/fs/cgroup/workshop/ID, every limit in it.
+pub struct Group {
+    dir: PathBuf,
+}
+
+pub fn create(id: &str, limits: &Limits) -> Result<Group> {
     let parent = Path::new(ROOT).join(PARENT);
     enable_controllers(Path::new(ROOT))?;
     if !parent.exists() {
@@ -20,7 +24,7 @@ pub fn create(id: &str, limits: &Limits, dirs: &mut Vec<PathBuf>) -> Result<()> 
     enable_controllers(&parent)?;
     let dir = parent.join(id);
     std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-    dirs.push(dir.clone());
+    let group = Group { dir: dir.clone() };
 
     if let Some(bytes) = limits.memory_bytes {
         write(&dir.join("memory.max"), &bytes.to_string())?;
@@ -35,7 +39,7 @@ pub fn create(id: &str, limits: &Limits, dirs: &mut Vec<PathBuf>) -> Result<()> 
     if let Some(pids) = limits.pids {
         write(&dir.join("pids.max"), &pids.to_string())?;
     }
-    Ok(())
+    Ok(group)
 }
 // ANCHOR_END: create
 
@@ -54,7 +58,8 @@ fn enable_controllers(group: &Path) -> Result<()> {
         );
     }
     let control = group.join("cgroup.subtree_control");
-    match std::fs::write(&control, "+memory +cpu +pids") {
+    let enable = CONTROLLERS.map(|c| format!("+{c}")).join(" ");
+    match std::fs::write(&control, &enable) {
         // v2's "no internal processes" rule: only the real root may hold processes
         // and hand controllers down; a cgroup namespace's root (dind, say) may not.
         Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
@@ -67,15 +72,32 @@ fn enable_controllers(group: &Path) -> Result<()> {
                 procs.lines().count()
             )
         }
-        result => result.with_context(|| format!("write \"+memory +cpu +pids\" to {}", control.display())),
+        result => result.with_context(|| format!("write {enable:?} to {}", control.display())),
     }
 }
 // ANCHOR_END: enable_controllers
 
 // ANCHOR: oom_kills
-/// How often the OOM killer struck in the group: `oom_kill N` in memory.events.
-pub fn oom_kills(dir: &Path) -> u64 {
-    let events = std::fs::read_to_string(dir.join("memory.events")).unwrap_or_default();
-    events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()).unwrap_or(0)
+impl super::Group for Group {
+    fn dirs(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
+    }
+
+    /// `oom_kill N` in the group's memory.events.
+    fn oom_kills(&self) -> u64 {
+        let events = std::fs::read_to_string(self.dir.join("memory.events")).unwrap_or_default();
+        events.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()).unwrap_or(0)
+    }
 }
 // ANCHOR_END: oom_kills
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        remove_group(&self.dir);
+    }
+}
+
+/// Where the groups of all our containers are.
+pub fn parents() -> Vec<PathBuf> {
+    vec![Path::new(ROOT).join(PARENT)]
+}

@@ -4,7 +4,8 @@
 //! in each group (`/sys/fs/cgroup/workshop/ID/memory.max`); v1 has one tree
 //! per controller (`/sys/fs/cgroup/memory/workshop/ID/memory.limit_in_bytes`).
 //! A host in "hybrid" mode (v1 controllers plus an empty v2 mount) is a v1
-//! host for us. `v1.rs` and `v2.rs` do the same things side by side.
+//! host for us. `v1.rs` and `v2.rs` do the same things side by side, behind
+//! the small `Group` interface below.
 //!
 //! Exercise 06: the freezer stops every process of a group where it is
 //! (`pause`), and lets them go on (`resume`), like `docker pause`. On v1 it
@@ -25,6 +26,8 @@ use std::time::Duration;
 
 /// Our groups live below this one, in each tree: one group per container.
 const PARENT: &str = "workshop";
+/// The controllers we use, in both versions (v1: a tree each; v2: handed down).
+const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
 /// The CPU limit is "QUOTA microseconds of CPU time in every PERIOD".
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -58,23 +61,32 @@ fn detect() -> Result<Version> {
 }
 // ANCHOR_END: detect
 
-/// A container's group (on v1: its group in each controller's tree).
-/// Dropping it kills what is left inside and removes the group.
+// ANCHOR: interface
+/// What a container's group is in either version: `v1::Group` and
+/// `v2::Group` each make themselves in `create` and remove themselves when
+/// dropped; the runtime needs only this much of them.
+trait Group {
+    /// The directories a process joins: one on v2, one per tree on v1.
+    fn dirs(&self) -> Vec<PathBuf>;
+    /// How often the OOM killer struck in the group.
+    fn oom_kills(&self) -> u64;
+}
+
+/// A container's group, whichever version the host has.
 pub struct Cgroup {
-    version: Version,
-    dirs: Vec<PathBuf>,
+    group: Box<dyn Group>,
     limits: Limits,
 }
+// ANCHOR_END: interface
 
 // ANCHOR: create
 /// Host side, before clone: make the container's group and write its limits.
 pub fn create(id: &str, limits: Limits) -> Result<Cgroup> {
-    let version = detect()?;
-    let mut cgroup = Cgroup { version, dirs: Vec::new(), limits };
-    match version {
-        Version::V2 => v2::create(id, &limits, &mut cgroup.dirs)?,
-        Version::V1 => v1::create(id, &limits, &mut cgroup.dirs)?,
-    }
+    let group: Box<dyn Group> = match detect()? {
+        Version::V2 => Box::new(v2::create(id, &limits)?),
+        Version::V1 => Box::new(v1::create(id, &limits)?),
+    };
+    let cgroup = Cgroup { group, limits };
     crate::process::fault("cgroup")?;
     Ok(cgroup)
 }
@@ -85,7 +97,7 @@ impl Cgroup {
     /// Host side, while the child waits: move it into the group, so that no
     /// instruction of COMMAND runs unlimited.
     pub fn add(&self, child: Pid) -> Result<()> {
-        for dir in &self.dirs {
+        for dir in self.group.dirs() {
             let procs = dir.join("cgroup.procs");
             write(&procs, &child.to_string())?;
         }
@@ -96,11 +108,7 @@ impl Cgroup {
 
     /// After the container ended: did the kernel's OOM killer end it?
     pub fn oom_killed(&self) -> bool {
-        let counter = match self.version {
-            Version::V2 => v2::oom_kills(&self.dirs[0]),
-            Version::V1 => v1::oom_kills(&self.dirs),
-        };
-        counter > 0
+        self.group.oom_kills() > 0
     }
 
     /// The memory limit, for messages: "64 MiB".
@@ -116,15 +124,8 @@ impl Cgroup {
 // ANCHOR_END: add
 
 // ANCHOR: remove
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        for dir in self.dirs.iter().rev() {
-            remove_group(dir);
-        }
-    }
-}
-
 /// Kills whatever is still in a group, removes it, and its parent once empty.
+/// (`v1::Group` and `v2::Group` call it for each of their directories when dropped.)
 fn remove_group(dir: &Path) {
     // A group with processes cannot be removed; exiting ones take a moment.
     for _ in 0..200 {
@@ -184,11 +185,11 @@ fn running_group(id: &str, version: Version) -> Result<PathBuf> {
 // ANCHOR: remove_stale
 /// Removes the groups of containers whose runtime is gone (killed, say).
 pub fn remove_stale() {
-    let roots = match detect() {
-        Ok(Version::V2) => vec![PathBuf::from("/sys/fs/cgroup")],
-        _ => v1::CONTROLLERS.iter().map(|c| Path::new("/sys/fs/cgroup").join(c)).collect(),
+    let parents = match detect() {
+        Ok(Version::V2) => v2::parents(),
+        _ => v1::parents(),
     };
-    for parent in roots.iter().map(|root| root.join(PARENT)) {
+    for parent in parents {
         for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
             let is_group = entry.file_type().is_ok_and(|t| t.is_dir());
             if is_group && !state::is_live(&entry.file_name().to_string_lossy()) {

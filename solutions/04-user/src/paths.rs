@@ -1,0 +1,6 @@
+//! Where the runtime keeps things on the host, in one place. /run is a
+//! tmpfs on most systems, so what is there dies with a reboot, like the
+//! processes it describes; /var/lib keeps what must outlive them.
+
+/// The per-mapping copies of root filesystems that `--userns` makes (a cache).
+pub const USERNS_CACHE: &str = "/var/lib/workshop/userns";
