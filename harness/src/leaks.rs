@@ -95,10 +95,11 @@ pub fn snapshot() -> Snapshot {
 }
 
 /// The runtimes' parent groups ("workshop") and the groups below them
-/// (v1's freezer tree too: exercise 06's runtime makes its groups there).
+/// (v1's freezer tree too: exercise 06's runtime makes its groups there; and
+/// the devices tree, for step 09's allow-list).
 fn workshop_cgroups() -> Vec<String> {
     let mut groups = Vec::new();
-    for tree in ["", "memory", "cpu", "pids", "freezer"] {
+    for tree in ["", "memory", "cpu", "pids", "freezer", "devices"] {
         let parent = Path::new("/sys/fs/cgroup").join(tree).join("workshop");
         if parent.is_dir() {
             groups.push(parent.to_string_lossy().into_owned());

@@ -73,6 +73,15 @@ impl Probe {
         found.ok_or_else(|| anyhow!("nothing is mounted on {mount_point} inside the container"))
     }
 
+    /// A capability set ("effective", "permitted", "bounding", "inheritable",
+    /// "ambient"), as the bit mask that /proc/self/status shows in hex.
+    pub fn caps(&self, set: &str) -> Result<u64> {
+        let hex = self.field("capabilities")?[set]
+            .as_str()
+            .ok_or_else(|| anyhow!("probe: no {set} capability set"))?;
+        u64::from_str_radix(hex, 16).with_context(|| format!("probe: the {set} set {hex:?} is not hex"))
+    }
+
     /// The result of the probe's `index`-th action.
     pub fn action(&self, index: usize) -> Result<Action<'_>> {
         let actions =
@@ -98,7 +107,8 @@ impl<'a> Action<'a> {
         &self.0["value"]
     }
 
-    fn name(&self) -> String {
+    /// "ACTION ARG", as the probe's command line had it.
+    pub fn name(&self) -> String {
         format!("{} {}", self.0["action"].as_str().unwrap_or("?"), self.0["arg"].as_str().unwrap_or(""))
     }
 

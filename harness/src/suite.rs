@@ -48,6 +48,9 @@ impl Check {
 pub const USERNS_SINCE: u8 = 4;
 /// From step 07 on, a container's layer is kept unless `--rm` says otherwise.
 const RM_SINCE: u8 = 7;
+/// From step 09 on, root in a default container lacks CAP_SYS_ADMIN (Docker's
+/// hardening): no mount(2), no sethostname(2).
+pub const HARDENED_SINCE: u8 = 9;
 
 /// What a check gets: the step under test and the workshop's paths.
 #[derive(Clone)]
@@ -86,6 +89,16 @@ impl Ctx {
             run = run.arg("--userns");
         }
         run
+    }
+
+    /// `run()` for a check that shows a namespace keeps a change inside (a
+    /// mount, a hostname): from step 09 on it gives root CAP_SYS_ADMIN back, so
+    /// that the check still tests the namespace and not the hardening.
+    pub fn run_as_admin(&self) -> Run {
+        match self.step.number >= HARDENED_SINCE {
+            true => self.run().args(["--cap-add", "SYS_ADMIN"]),
+            false => self.run(),
+        }
     }
 
     /// The probe's path as the container sees it.

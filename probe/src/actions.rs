@@ -19,6 +19,8 @@ use nix::time::{clock_gettime, ClockId};
 use nix::unistd::{chdir, chroot, fork, getpid, pipe2, ForkResult, Pid};
 use serde_json::{json, Value};
 
+use crate::hardening::{self, Syscall};
+
 /// Largest read (file contents, network line) the probe keeps.
 const MAX_READ: u64 = 64 * 1024;
 
@@ -53,6 +55,14 @@ pub enum Kind {
     SpinMs(u64),
     SleepMs(u64),
     Escape(String),
+    // Docker's hardening, tried (see hardening.rs).
+    MountCgroup(String),
+    OpenBlock { major: u64, minor: u64, dir: String },
+    Umount(String),
+    Rewrite(String),
+    List(String),
+    Syscall(Syscall),
+    SetuidExec(String),
 }
 
 /// How an action went: `value` may be set even on failure (e.g. how many
@@ -67,20 +77,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn success(value: Value) -> Self {
+    pub(crate) fn success(value: Value) -> Self {
         Outcome { ok: true, errno: None, message: None, value }
     }
 
-    fn failure(errno: Errno) -> Self {
+    pub(crate) fn failure(errno: Errno) -> Self {
         Outcome { ok: false, errno: Some(errno), message: None, value: Value::Null }
     }
 
     /// A failure without an errno (e.g. invalid data).
-    fn unexplained(message: impl Into<String>) -> Self {
+    pub(crate) fn unexplained(message: impl Into<String>) -> Self {
         Outcome { ok: false, errno: None, message: Some(message.into()), value: Value::Null }
     }
 
-    fn from_io(result: io::Result<Value>) -> Self {
+    /// The same outcome, with `value` set (a failure may carry one too).
+    pub(crate) fn with_value(self, value: Value) -> Self {
+        Outcome { value, ..self }
+    }
+
+    pub(crate) fn from_io(result: io::Result<Value>) -> Self {
         match result {
             Ok(value) => Outcome::success(value),
             Err(e) => match errno_of(&e) {
@@ -90,7 +105,7 @@ impl Outcome {
         }
     }
 
-    fn from_nix(result: nix::Result<Value>) -> Self {
+    pub(crate) fn from_nix(result: nix::Result<Value>) -> Self {
         result.map_or_else(Outcome::failure, Outcome::success)
     }
 
@@ -185,6 +200,13 @@ impl Action {
                 Outcome::success(Value::Null)
             }
             Kind::Escape(marker) => escape(marker),
+            Kind::MountCgroup(options) => hardening::mount_cgroup(options),
+            Kind::OpenBlock { major, minor, dir } => hardening::open_block(*major, *minor, dir),
+            Kind::Umount(path) => hardening::umount(path),
+            Kind::Rewrite(path) => hardening::rewrite(path),
+            Kind::List(path) => hardening::list(path),
+            Kind::Syscall(which) => hardening::syscall(*which),
+            Kind::SetuidExec(dir) => hardening::setuid_exec(dir),
         }
     }
 }
@@ -444,11 +466,11 @@ fn spin(ms: u64) -> Outcome {
     }))
 }
 
-/// A fresh empty directory for the breakout: in /tmp (created if a bare
+/// A fresh empty directory `.probe-LABEL-PID`: in /tmp (created if a bare
 /// rootfs lacks it), else in /.
-fn escape_dir() -> Result<PathBuf, Errno> {
+pub(crate) fn scratch_dir(label: &str) -> Result<PathBuf, Errno> {
     let _ = fs::create_dir("/tmp");
-    let name = format!(".probe-escape-{}", getpid());
+    let name = format!(".probe-{label}-{}", getpid());
     let mut last = Errno::ENOENT;
     for base in ["/tmp", "/"] {
         let dir = Path::new(base).join(&name);
@@ -478,7 +500,7 @@ fn breakout(dir: &Path, marker: &str) -> nix::Result<bool> {
 /// Runs `breakout` in a child so the probe's own root (and the snapshot)
 /// stays where it was. The child reports one status byte plus an errno.
 fn escape(marker: &str) -> Outcome {
-    let dir = match escape_dir() {
+    let dir = match scratch_dir("escape") {
         Ok(dir) => dir,
         Err(errno) => return Outcome::failure(errno),
     };

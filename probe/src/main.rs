@@ -7,6 +7,7 @@
 //! parsing the output of busybox tools.
 
 mod actions;
+mod hardening;
 mod snapshot;
 
 use std::ffi::OsString;
@@ -45,16 +46,37 @@ Actions:
   --sleep-ms N          sleep N ms
   --escape MARKER       try the chroot breakout in a child; is MARKER visible?
 
+Against Docker's hardening (harmless either way; see hardening.rs):
+  --mount-cgroup OPTS   mount -t cgroup -o OPTS on a scratch dir (OPTS cgroup2:
+                        mount -t cgroup2), report whether release_agent is
+                        there (never written), unmount it
+  --open-block M:N:DIR  mknod block device M:N in DIR, open it read-only, read
+                        512 bytes, remove the node
+  --umount PATH         umount2(PATH, MNT_DETACH)
+  --rewrite PATH        read PATH, write the same bytes back: writable, unchanged
+  --list DIR            the names in DIR
+  --syscall NAME        call NAME with arguments that can do nothing: keyctl, bpf,
+                        init_module, finit_module, userfaultfd, perf_event_open,
+                        unshare-user (in a child), clone3
+  --setuid-exec DIR     copy the probe to DIR as setuid root and run it as uid
+                        1000: the euid it gets
+
 Options:
   --timeout-ms N        timeout for the following --listen/--connect (default 5000)
   --exit N              exit with status N after printing
-  --help                print this help";
+  --help                print this help
+  --report-ids          (what --setuid-exec runs) print ids, capabilities, no_new_privs";
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq)]
 enum Command {
     Help,
-    Run { actions: Vec<Action>, exit_code: u8 },
+    /// The setuid copy of `--setuid-exec`: print who we are, nothing else.
+    ReportIds,
+    Run {
+        actions: Vec<Action>,
+        exit_code: u8,
+    },
 }
 
 /// Parses the arguments (without argv[0]). Hand-written rather than clap so
@@ -69,6 +91,12 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Stri
         let flag = flag.into_string().map_err(|f| format!("unknown argument {f:?}"))?;
         if flag == "--help" || flag == "-h" {
             return Ok(Command::Help);
+        }
+        if flag == "--report-ids" {
+            return match (actions.is_empty(), args.next()) {
+                (true, None) => Ok(Command::ReportIds),
+                _ => Err("--report-ids takes no other arguments".into()),
+            };
         }
         // Every other flag takes exactly one value.
         let takes_value = matches!(
@@ -92,6 +120,13 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Stri
                 | "--spin-ms"
                 | "--sleep-ms"
                 | "--escape"
+                | "--mount-cgroup"
+                | "--open-block"
+                | "--umount"
+                | "--rewrite"
+                | "--list"
+                | "--syscall"
+                | "--setuid-exec"
                 | "--exit"
         );
         if !takes_value {
@@ -121,6 +156,19 @@ fn parse_args<I: IntoIterator<Item = OsString>>(args: I) -> Result<Command, Stri
             "--mknod-block" => Kind::MknodBlock(value.clone()),
             "--mount-tmpfs" => Kind::MountTmpfs(value.clone()),
             "--escape" => Kind::Escape(value.clone()),
+            "--mount-cgroup" => Kind::MountCgroup(value.clone()),
+            "--open-block" => {
+                let (major, minor, dir) =
+                    hardening::parse_block_spec(&value).map_err(|e| format!("{flag}: {e}"))?;
+                Kind::OpenBlock { major, minor, dir }
+            }
+            "--umount" => Kind::Umount(value.clone()),
+            "--rewrite" => Kind::Rewrite(value.clone()),
+            "--list" => Kind::List(value.clone()),
+            "--syscall" => {
+                Kind::Syscall(hardening::Syscall::parse(&value).map_err(|e| format!("{flag}: {e}"))?)
+            }
+            "--setuid-exec" => Kind::SetuidExec(value.clone()),
             "--alloc-mib" => Kind::AllocMib(number(&flag, &value)?),
             "--fork" => Kind::Fork(number(&flag, &value)?),
             "--spin-ms" => Kind::SpinMs(number(&flag, &value)?),
@@ -151,6 +199,10 @@ fn main() -> ExitCode {
     let (actions, exit_code) = match parse_args(std::env::args_os().skip(1)) {
         Ok(Command::Help) => {
             println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::ReportIds) => {
+            println!("{}", snapshot::ids());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Run { actions, exit_code }) => (actions, exit_code),
@@ -233,6 +285,50 @@ mod tests {
     }
 
     #[test]
+    fn hardening_actions() {
+        let got = actions(&[
+            "--mount-cgroup",
+            "name=systemd",
+            "--open-block",
+            "254:0:/tmp",
+            "--umount",
+            "/proc/sys",
+            "--rewrite",
+            "/proc/sys/kernel/domainname",
+            "--list",
+            "/sys/firmware",
+            "--syscall",
+            "unshare-user",
+            "--setuid-exec",
+            "/tmp",
+        ]);
+        let kinds: Vec<Kind> = got.iter().map(|a| a.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::MountCgroup("name=systemd".into()),
+                Kind::OpenBlock { major: 254, minor: 0, dir: "/tmp".into() },
+                Kind::Umount("/proc/sys".into()),
+                Kind::Rewrite("/proc/sys/kernel/domainname".into()),
+                Kind::List("/sys/firmware".into()),
+                Kind::Syscall(hardening::Syscall::UnshareUser),
+                Kind::SetuidExec("/tmp".into()),
+            ]
+        );
+        assert_eq!(got[1].name, "open-block");
+        assert_eq!(got[1].arg, "254:0:/tmp", "the JSON echoes the spec as given");
+        assert_eq!(actions(&["--syscall", "clone3"])[0].kind, Kind::Syscall(hardening::Syscall::Clone3));
+    }
+
+    #[test]
+    fn report_ids_stands_alone() {
+        assert_eq!(parse(&["--report-ids"]), Ok(Command::ReportIds));
+        for args in [&["--report-ids", "--read", "/x"][..], &["--read", "/x", "--report-ids"][..]] {
+            assert_eq!(parse(args), Err("--report-ids takes no other arguments".into()), "{args:?}");
+        }
+    }
+
+    #[test]
     fn usage_errors() {
         for (args, needle) in [
             (&["--frobnicate"][..], "unknown argument '--frobnicate'"),
@@ -246,6 +342,11 @@ mod tests {
             (&["--connect", "localhost:80"][..], "numeric IP:PORT"),
             (&["--connect", "::1:80"][..], "numeric IP:PORT"),
             (&["--sleep-ms", "5", "--bogus"][..], "unknown argument '--bogus'"),
+            (&["--syscall", "kexec_load"][..], "--syscall: unknown syscall 'kexec_load'"),
+            (&["--syscall"][..], "--syscall needs a value"),
+            (&["--open-block", "8:0"][..], "--open-block: expected MAJOR:MINOR:DIR"),
+            (&["--open-block", "sda:/tmp"][..], "--open-block: expected MAJOR:MINOR:DIR"),
+            (&["--mount-cgroup"][..], "--mount-cgroup needs a value"),
         ] {
             match parse(args) {
                 Err(message) => assert!(message.contains(needle), "{args:?}: {message:?} lacks {needle:?}"),

@@ -70,6 +70,8 @@ pub fn take(actions: Vec<Value>) -> Value {
             "effective": status_field(&status, "CapEff"),
             "permitted": status_field(&status, "CapPrm"),
             "bounding": status_field(&status, "CapBnd"),
+            "inheritable": status_field(&status, "CapInh"),
+            "ambient": status_field(&status, "CapAmb"),
         },
         "no_new_privs": status_field(&status, "NoNewPrivs").and_then(|v| v.parse::<i64>().ok()),
         "seccomp": status_field(&status, "Seccomp").and_then(|v| v.parse::<i64>().ok()),
@@ -77,6 +79,21 @@ pub fn take(actions: Vec<Value>) -> Value {
             .map(|(k, v)| (k.to_string_lossy().into_owned(), json!(v.to_string_lossy())))
             .collect::<Map<String, Value>>(),
         "actions": actions,
+    })
+}
+
+/// Who this process is, for the setuid copy of `--setuid-exec` to print:
+/// ids, the effective and permitted capabilities, no_new_privs.
+pub fn ids() -> Value {
+    let status = read_text("/proc/self/status").unwrap_or_default();
+    json!({
+        "uid": getuid().as_raw(),
+        "euid": geteuid().as_raw(),
+        "gid": getgid().as_raw(),
+        "egid": getegid().as_raw(),
+        "cap_eff": status_field(&status, "CapEff"),
+        "cap_prm": status_field(&status, "CapPrm"),
+        "no_new_privs": status_field(&status, "NoNewPrivs").and_then(|v| v.parse::<i64>().ok()),
     })
 }
 

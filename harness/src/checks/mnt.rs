@@ -1,5 +1,6 @@
 //! Step 03: the mount namespace, pivot_root and a root filesystem of its own.
 
+use super::hardening::{MASKED_DIRS, MASKED_FILES};
 use super::TempPath;
 use crate::{Check, Ctx, Probe, Run};
 use anyhow::{bail, ensure, Context, Result};
@@ -139,7 +140,11 @@ fn nothing_of_the_old_root_is_mounted(ctx: &Ctx) -> Result<()> {
     for mount in ctx.probe(&[], &[])?.mounts()? {
         let device = mount.mount_point.strip_prefix("/dev/").is_some_and(|d| !d.contains('/'));
         let proc = mount.mount_point.strip_prefix("/proc/").is_some_and(|p| PROC_READ_ONLY.contains(&p));
-        if !allowed.contains(&mount.mount_point.as_str()) && !device && !proc {
+        // Step 09 hides parts of /proc and /sys with mounts of its own (masked paths).
+        let point = mount.mount_point.as_str();
+        let masked = ctx.step.number >= crate::suite::HARDENED_SINCE
+            && (MASKED_FILES.contains(&point) || MASKED_DIRS.contains(&point));
+        if !allowed.contains(&mount.mount_point.as_str()) && !device && !proc && !masked {
             bail!(
                 "{} ({}) is mounted inside: the old root was not detached",
                 mount.mount_point,
@@ -151,7 +156,9 @@ fn nothing_of_the_old_root_is_mounted(ctx: &Ctx) -> Result<()> {
 }
 
 fn mounts_inside_never_reach_the_host(ctx: &Ctx) -> Result<()> {
-    let seen = ctx.probe(&[], &["--mount-tmpfs", "/mnt/inside"])?;
+    let outcome =
+        ctx.run_as_admin().cmd([ctx.probe_path()]).args(["--mount-tmpfs", "/mnt/inside"]).output()?;
+    let seen = crate::Probe::parse(outcome.expect_status(0)?)?;
     seen.action(0)?.expect_ok()?;
     seen.mount("/mnt/inside")?;
     let host = std::fs::read_to_string("/proc/self/mountinfo")?;
@@ -166,7 +173,12 @@ fn private_even_when_the_host_is_shared(ctx: &Ctx) -> Result<()> {
         before=$(list); "$@"; status=$?; after=$(list)
         [ "$before" = "$after" ] || { echo "the shared mount table changed:"; echo "$after"; exit 99; }
         exit $status"#;
-    let run = ctx.run().cmd(["/bin/probe", "--mount-tmpfs", "/mnt/inside"]);
+    // The probe's mount must happen, or the table could not change: check it too.
+    let run = ctx.run_as_admin().cmd([
+        "/bin/sh",
+        "-c",
+        "/bin/probe --mount-tmpfs /mnt/inside | grep -q '\"ok\": *true'",
+    ]);
     let wrapped =
         Run::raw("unshare").args(["--mount", "--propagation", "shared", "--", "sh", "-c", script, "sh"]);
     let outcome = wrapped.arg(&run.bin).args(&run.args).output()?;

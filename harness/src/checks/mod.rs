@@ -6,6 +6,7 @@
 mod cgroup;
 mod exit;
 mod faults;
+mod hardening;
 mod inputs;
 mod mnt;
 mod net;
@@ -36,6 +37,7 @@ pub fn all() -> Vec<Check> {
         volume::checks(),
         inputs::checks(),
         security::checks(),
+        hardening::checks(),
         faults::checks(),
     ]
     .into_iter()
