@@ -561,7 +561,7 @@ struct Fuzzed {
     fragments: &'static [&'static str],
 }
 
-const FUZZED: [Fuzzed; 9] = [
+const FUZZED: [Fuzzed; 12] = [
     Fuzzed { since: 1, flag: "--hostname", fragments: &["box", "my-box", "a", "0", "-", ".", "local"] },
     Fuzzed { since: 4, flag: "--userns-remap", fragments: &["100000", "65536", "0", "1", "4294967295", ":"] },
     Fuzzed { since: 5, flag: "--net", fragments: &["none", "bridge", "host", "no", "ne"] },
@@ -580,6 +580,21 @@ const FUZZED: [Fuzzed; 9] = [
         since: 8,
         flag: "--volume",
         fragments: &["/tmp", "fuzz-vol", "/data", "ro", "rw", "/", ":", ":/x"],
+    },
+    Fuzzed {
+        since: 9,
+        flag: "--cap-add",
+        fragments: &["CAP_", "NET_", "SYS_", "ADMIN", "RAW", "all", "chown", "_"],
+    },
+    Fuzzed {
+        since: 9,
+        flag: "--cap-drop",
+        fragments: &["CAP_", "NET_", "KILL", "MKNOD", "ALL", "cap_", "_"],
+    },
+    Fuzzed {
+        since: 9,
+        flag: "--security-opt",
+        fragments: &["no-new-privileges", "seccomp", "=", ":", "true", "false", "unconfined", "json"],
     },
 ];
 
