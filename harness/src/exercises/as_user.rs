@@ -16,6 +16,7 @@ pub fn exercise() -> Exercise {
             Graded::new(4, "as_user::works_in_a_user_namespace", 2, works_in_a_user_namespace),
             Graded::new(4, "errors::bad_user_is_125_in_one_line", 2, bad_user_is_125_in_one_line),
         ],
+        needs_the_holes: &[],
     }
 }
 

@@ -22,6 +22,7 @@ pub fn exercise() -> Exercise {
             Graded::new(7, "commit::the_container_and_its_image_stay_as_they_were", 2, originals_stay),
             Graded::new(7, "errors::bad_commits_are_125_in_one_line", 2, bad_commits_are_125),
         ],
+        needs_the_holes: &[],
     }
 }
 

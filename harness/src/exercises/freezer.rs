@@ -24,6 +24,7 @@ pub fn exercise() -> Exercise {
             Graded::new(6, "freezer::resume_lets_it_go_on", 4, resume_lets_it_go_on),
             Graded::new(6, "errors::pausing_no_running_container_is_125", 2, pausing_no_container_is_125),
         ],
+        needs_the_holes: &[],
     }
 }
 

@@ -27,6 +27,7 @@ pub fn exercise() -> Exercise {
             ),
             Graded::new(2, "init::exit_status_is_the_commands", 2, exit_status_is_the_commands),
         ],
+        needs_the_holes: &[],
     }
 }
 

@@ -17,6 +17,7 @@ pub fn exercise() -> Exercise {
             Graded::new(1, "ipc::segments_made_inside_die_with_it", 3, segments_made_inside_die_with_it),
             Graded::new(1, "ipc::host_shares_the_hosts_segments", 2, host_shares_the_hosts_segments),
         ],
+        needs_the_holes: &[],
     }
 }
 

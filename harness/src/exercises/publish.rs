@@ -37,6 +37,7 @@ pub fn exercise() -> Exercise {
             ),
             Graded::new(5, "errors::bad_publish_specs_are_125_in_one_line", 2, bad_publish_specs_are_125),
         ],
+        needs_the_holes: &[],
     }
 }
 

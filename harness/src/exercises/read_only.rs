@@ -27,6 +27,7 @@ pub fn exercise() -> Exercise {
                 hosts_filesystem_stays_writable,
             ),
         ],
+        needs_the_holes: &[],
     }
 }
 

@@ -17,6 +17,7 @@ pub fn exercise() -> Exercise {
             Graded::new(8, "tmpfs::gone_with_the_container", 2, gone_with_the_container),
             Graded::new(8, "errors::bad_tmpfs_specs_are_125_in_one_line", 2, bad_tmpfs_specs_are_125),
         ],
+        needs_the_holes: &[],
     }
 }
 
