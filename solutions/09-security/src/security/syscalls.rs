@@ -27,6 +27,9 @@ pub const DOCKER_ARCH: &str = arch::DOCKER_ARCH;
 /// seccompiler's name for it: the filter kills a caller of any other ABI.
 pub const TARGET: seccompiler::TargetArch = arch::TARGET;
 
+/// The kernel's name for it in `seccomp_data.arch` (<linux/audit.h>).
+pub const AUDIT_ARCH: u32 = arch::AUDIT_ARCH;
+
 /// `calls![SYS_read SYS_write ...]`: each libc constant with its own name, `("SYS_read", 0)`.
 macro_rules! calls {
     ($($sys:ident)*) => {
@@ -45,6 +48,8 @@ macro_rules! names {
 mod arch {
     pub const DOCKER_ARCH: &str = "amd64";
     pub const TARGET: seccompiler::TargetArch = seccompiler::TargetArch::x86_64;
+    /// EM_X86_64 | 64-bit | little-endian.
+    pub const AUDIT_ARCH: u32 = 0xC000_003E;
 
     pub const FROM_LIBC: &[(&str, i64)] = calls![
         SYS__sysctl SYS_accept SYS_accept4 SYS_access SYS_acct SYS_add_key SYS_adjtimex
@@ -149,6 +154,8 @@ mod arch {
 mod arch {
     pub const DOCKER_ARCH: &str = "arm64";
     pub const TARGET: seccompiler::TargetArch = seccompiler::TargetArch::aarch64;
+    /// EM_AARCH64 | 64-bit | little-endian.
+    pub const AUDIT_ARCH: u32 = 0xC000_00B7;
 
     pub const FROM_LIBC: &[(&str, i64)] = calls![
         SYS_accept SYS_accept4 SYS_acct SYS_add_key SYS_adjtimex SYS_bind SYS_bpf SYS_brk SYS_capget

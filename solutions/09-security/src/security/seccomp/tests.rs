@@ -354,3 +354,44 @@ fn stricter_actions_win_and_seccomp_is_blocked_last() {
     // Loading worked although the first errno program blocks seccomp(2): it went last.
     assert_eq!(under(&programs, body), End::Killed(libc::SIGSYS));
 }
+
+/// Runs the binary search in front of a program (`program`) for call number
+/// `nr`, the way the kernel would: its return value, or None when it hands the
+/// call on to seccompiler's part (a call whose rules check arguments).
+fn search_answer(code: &[seccompiler::sock_filter], nr: u32) -> Option<u32> {
+    let (mut pc, mut acc) = (0usize, 0u32);
+    loop {
+        let (at, i) = (pc, &code[pc]);
+        pc += 1;
+        match i.code as u32 {
+            // The search's own two loads (arch, then nr); any later one is seccompiler's.
+            c if c == BPF_LD | BPF_W | BPF_ABS && at <= 3 => {
+                acc = if i.k == OFFSET_NR { nr } else { syscalls::AUDIT_ARCH }
+            }
+            c if c == BPF_JMP | BPF_JEQ | BPF_K => pc += if acc == i.k { i.jt } else { i.jf } as usize,
+            c if c == BPF_JMP | BPF_JGE | BPF_K => pc += if acc >= i.k { i.jt } else { i.jf } as usize,
+            c if c == BPF_JMP | BPF_JA => pc += i.k as usize,
+            c if c == BPF_RET | BPF_K => return Some(i.k),
+            _ => return None, // seccompiler's part begins
+        }
+    }
+}
+
+#[test]
+fn the_binary_search_answers_each_call_number_like_the_rules() {
+    let filter = default_filter(&DOCKER_CAPS);
+    let rules: Vec<&Rule> = filter.rules.iter().collect();
+    let matches = matches(rules.iter().copied()).unwrap();
+    let code = program(matches.clone(), filter.default, Action::Allow).unwrap();
+    let (allow, deny) = (u32::from(SeccompAction::Allow), u32::from(SeccompAction::from(filter.default)));
+    for nr in (0..1200).chain([0x4000_0000, u32::MAX]) {
+        let expected = match matches.get(&(nr as i64)) {
+            Some(rules) if rules.is_empty() => Some(allow),
+            Some(_) => None,
+            None => Some(deny),
+        };
+        assert_eq!(search_answer(&code, nr), expected, "call number {nr}");
+    }
+    // Far smaller than seccompiler's one-test-per-call program.
+    assert!(code.len() < 600, "{} instructions", code.len());
+}
