@@ -17,6 +17,8 @@ const GRACE_SECONDS: u32 = 10;
 // daemon that runs many (step 11) forwards from a signalfd loop instead.
 static CHILD: AtomicI32 = AtomicI32::new(0);
 static RECEIVED: AtomicU32 = AtomicU32::new(0);
+/// The first signal, if it came before the child was known.
+static EARLY: AtomicI32 = AtomicI32::new(0);
 
 // ANCHOR: forward
 /// Installs the handlers. Call it before the child exists, so that no
@@ -30,11 +32,13 @@ pub fn forward_signals() -> Result<()> {
     Ok(())
 }
 
-/// Points the handlers at the container; a signal that came early stops it now.
+/// Points the handlers at the container. A signal that came before this
+/// (the child may exec first) is passed on now, as if it came just now.
 pub fn forward_to(child: Pid) {
     CHILD.store(child.as_raw(), SeqCst);
-    if RECEIVED.load(SeqCst) > 0 {
-        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+    let early = EARLY.swap(0, SeqCst);
+    if early != 0 {
+        pass_on(child.as_raw(), early, RECEIVED.load(SeqCst) == 1);
     }
 }
 
@@ -42,8 +46,18 @@ extern "C" fn forward(signal: libc::c_int) {
     let first = RECEIVED.fetch_add(1, SeqCst) == 0;
     let child = CHILD.load(SeqCst);
     if child == 0 {
-        return; // no container yet (or we are the child before exec)
+        // No container yet (or we are the child before exec): keep the first for `forward_to`.
+        if first {
+            EARLY.store(signal, SeqCst);
+        }
+        return;
     }
+    pass_on(child, signal, first);
+}
+
+/// The first signal goes to the container and starts the grace period; a
+/// second one, or the end of the grace period (SIGALRM), kills it.
+fn pass_on(child: libc::pid_t, signal: libc::c_int, first: bool) {
     // SAFETY: kill(2) and alarm(2) are async-signal-safe.
     unsafe {
         if first && signal != libc::SIGALRM {
