@@ -4,7 +4,9 @@
 //! adds a file (/app/hello.txt), changes one of the base (/etc/workshop-release)
 //! and deletes one (/etc/motd, with an OCI whiteout `.wh.motd`), so the
 //! chapter can show all three cases. Both are plain tars, imported as the
-//! image "example" with the newest step's `image import`.
+//! image "example" with `image import` into both kinds of store: the one of
+//! steps 07-09 (an image is numbered layer directories) and step 10's (layers
+//! by digest), each by the newest step that has it.
 
 use crate::artifacts::{self, Step};
 use crate::{as_root, display_path, rootfs, run as run_cmd, target_dir};
@@ -16,10 +18,26 @@ pub const NAME: &str = "example";
 
 /// Imports the example image with `step` unless it is there already.
 pub fn ensure(step: &Step, rootfs: &Path) -> Result<()> {
-    match std::path::Path::new(crate::paths::IMAGES).join(NAME).exists() {
+    match imported(step).exists() {
         true => Ok(()),
         false => import(step, rootfs),
     }
+}
+
+/// The file that says `step`'s store has the example: 07-09 keep images by
+/// name, step 10 on names them by tag in its content-addressed store.
+fn imported(step: &Step) -> PathBuf {
+    match step.number {
+        10.. => Path::new(crate::paths::STORE).join("tags/docker.io/library").join(NAME).join("latest"),
+        _ => Path::new(crate::paths::IMAGES).join(NAME),
+    }
+}
+
+/// The steps that import the example: the newest of 07-09, and the newest from 10 on.
+pub fn importers(steps: &[Step]) -> Vec<&Step> {
+    let newest_in =
+        |range: std::ops::RangeInclusive<u32>| steps.iter().rev().find(|s| range.contains(&s.number));
+    [newest_in(7..=9), newest_in(10..=u32::MAX)].into_iter().flatten().collect()
 }
 
 /// The `image` task.
@@ -27,10 +45,11 @@ pub fn run() -> Result<()> {
     let steps = artifacts::build_steps()?;
     let probe = artifacts::build_probe()?;
     let rootfs = rootfs::prepare(&probe)?;
-    let Some(step) = steps.iter().rev().find(|s| s.number >= 7) else {
+    let importers = importers(&steps);
+    if importers.is_empty() {
         bail!("images need step 07 (overlay) or later");
-    };
-    import(step, &rootfs)
+    }
+    importers.into_iter().try_for_each(|step| import(step, &rootfs))
 }
 
 /// Writes the layers from `rootfs` and imports them with `step` (07 or later).

@@ -1,7 +1,8 @@
 #!/bin/sh
-# Writes an OCI image layout by hand: oci-layout.sh DIR LAYER.tar...
-# (layers bottom first). Every file that index.json and the manifest name
-# is a blob, stored under its SHA-256 digest and listed with its size.
+# Writes an OCI image layout by hand: [CONFIG=JSON] oci-layout.sh DIR LAYER.tar...
+# (layers bottom first; CONFIG, the "config" object of the image config).
+# Every file that index.json and the manifest name is a blob, stored under
+# its SHA-256 digest and listed with its size.
 set -eu
 dir=$1; shift
 mkdir -p "$dir/blobs/sha256"
@@ -20,10 +21,12 @@ for tar in "$@"; do
     diff_ids="$diff_ids${diff_ids:+, }\"sha256:$hash\""  # of the tar uncompressed: the same here
 done
 
-# The config: the platform, the layers' own digests, and the defaults Docker
-# would use for `run` (Cmd, Env, ...; this workshop's runtime reads only the layers).
+# The config: the platform, the layers' own digests, and what `run` uses when
+# it is given no command (Cmd, Env, ...: steps 07 to 09 read only the layers,
+# step 10 reads these too). $CONFIG, if set, replaces the default.
+[ -n "${CONFIG:-}" ] || CONFIG='{"Cmd": ["/bin/sh"]}'
 printf '{"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [%s]},
- "config": {"Cmd": ["/bin/sh"]}}\n' "$diff_ids" > "$dir/config.json"
+ "config": %s}\n' "$diff_ids" "$CONFIG" > "$dir/config.json"
 blob "$dir/config.json"; rm "$dir/config.json"
 config=$descriptor
 

@@ -165,23 +165,10 @@ fn open_tar(file: &Path) -> Result<Box<dyn Read>> {
 
 /// Unpacks a tar file into `layer`; returns the digest of what it unpacked.
 fn extract_file(file: &Path, layer: &Path) -> Result<String> {
-    let mut hashing = HashingReader { inner: open_tar(file)?, hasher: Sha256::new() };
+    let mut hashing = crate::pull::Hashing::new(open_tar(file)?, None);
     extract(&mut hashing, layer)?;
     std::io::copy(&mut hashing, &mut std::io::sink())?;
-    Ok(format!("sha256:{:x}", hashing.hasher.finalize()))
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
+    Ok(hashing.digest())
 }
 
 // ANCHOR: extract_tar

@@ -405,8 +405,15 @@ fn pull(args: PullArgs) -> Result<i32> {
     };
     let options = registry::Options { insecure: args.insecure_registry, credentials };
     pull::stop_on_signals()?;
-    pull::pull(&reference, &options, args.quiet)?;
-    println!("{reference}");
+    match pull::pull(&reference, &options, args.quiet) {
+        Ok(_) => println!("{reference}"),
+        // Ctrl-C: what was half-unpacked is gone; the status says which signal, as Docker's would.
+        Err(err) if pull::interrupted().is_some() => {
+            eprintln!("{}: error: {err:#}", env!("CARGO_BIN_NAME"));
+            return Ok(128 + pull::interrupted().unwrap_or(0));
+        }
+        Err(err) => return Err(err),
+    }
     Ok(0)
 }
 // ANCHOR_END: pull

@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::{IsTerminal, Read};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
 use std::time::Instant;
 
 use crate::reference::Reference;
@@ -214,10 +214,15 @@ fn fetch_layer(
 
 /// Set by SIGINT or SIGTERM during a pull: the download stops at its next
 /// read, and what it unpacked is removed on the way out.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
 
-extern "C" fn interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, SeqCst);
+extern "C" fn interrupt(signal: libc::c_int) {
+    INTERRUPTED.store(signal, SeqCst);
+}
+
+/// The signal that stopped the pull, if one did (the exit status is then 128 + it).
+pub fn interrupted() -> Option<i32> {
+    Some(INTERRUPTED.load(SeqCst)).filter(|&signal| signal != 0)
 }
 
 /// For `pull`: Ctrl-C ends the pull cleanly instead of killing us mid-layer.
@@ -232,7 +237,7 @@ pub fn stop_on_signals() -> Result<()> {
 }
 
 /// A reader that hashes and counts what passes through it.
-struct Hashing<R> {
+pub struct Hashing<R> {
     inner: R,
     hasher: Sha256,
     count: u64,
@@ -240,18 +245,18 @@ struct Hashing<R> {
 }
 
 impl<R: Read> Hashing<R> {
-    fn new(inner: R, bar: Option<indicatif::ProgressBar>) -> Self {
+    pub fn new(inner: R, bar: Option<indicatif::ProgressBar>) -> Self {
         Hashing { inner, hasher: Sha256::new(), count: 0, bar }
     }
 
-    fn digest(&self) -> String {
+    pub fn digest(&self) -> String {
         format!("sha256:{:x}", self.hasher.clone().finalize())
     }
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if INTERRUPTED.load(SeqCst) {
+        if interrupted().is_some() {
             return Err(std::io::Error::other("interrupted by a signal"));
         }
         let n = self.inner.read(buf)?;

@@ -528,18 +528,18 @@ fn sandbox() -> Result<()> {
     Ok(())
 }
 
-/// Imports the example image of `cargo xtask image` into our store, with the newest
-/// step that has images (07 on), from the layers that `check` wrote.
+/// Imports the example image of `cargo xtask image` into our stores (the one of
+/// steps 07-09 and step 10's, see `image::importers`), from the layers that `check` wrote.
 fn import_example_image() -> Result<()> {
-    let Some(step) = artifacts::steps()?.into_iter().rev().find(|s| s.number >= 7) else {
-        return Ok(()); // no step with images yet, so no chapter uses one
-    };
+    let steps = artifacts::steps()?;
     let layers = ["base.tar", "app.tar"].map(|name| target_dir().join("image").join(name));
-    let mut import = Command::new(&step.bin);
-    import.args(["image", "import", image::NAME]).args(&layers);
-    let out = import.output().with_context(|| format!("could not start {}", step.bin.display()))?;
-    if !out.status.success() {
-        bail!("`{}` failed: {}", command_line(&import), String::from_utf8_lossy(&out.stderr).trim());
+    for step in image::importers(&steps) {
+        let mut import = Command::new(&step.bin);
+        import.args(["image", "import", image::NAME]).args(&layers);
+        let out = import.output().with_context(|| format!("could not start {}", step.bin.display()))?;
+        if !out.status.success() {
+            bail!("`{}` failed: {}", command_line(&import), String::from_utf8_lossy(&out.stderr).trim());
+        }
     }
     Ok(())
 }

@@ -128,9 +128,10 @@ pub fn check(bless: bool) -> Result<()> {
     let probe = crate::artifacts::build_probe()?;
     crate::rootfs::ensure(&crate::rootfs::default_path(), None, &probe)?;
     crate::image::write_layers(&crate::rootfs::default_path())?;
-    let image_step = crate::artifacts::steps()?.into_iter().rev().find(|s| s.number >= 7).map(|s| s.name);
+    let steps = crate::artifacts::steps()?;
+    let image_steps: Vec<&str> = crate::image::importers(&steps).iter().map(|s| s.name.as_str()).collect();
     let root = workspace_root().to_string_lossy().into_owned();
-    let script = book_script(&root, image_step.as_deref(), &units);
+    let script = book_script(&root, &image_steps, &units);
     let plan = |_: &str| Plan { harness: Vec::new(), demo: false, book: Some(script.clone()) };
     let booted = systemd::boot("console-book.log", None, None, &plan)?;
     println!(
@@ -217,7 +218,7 @@ fn compare(files: &[File], ran: &BTreeMap<usize, Ran>, bless: bool) -> Result<()
 /// The guest's script: the sandbox of `book/commands.rs`, then every unit in order,
 /// each command's output base64-encoded between marker lines (see the module comment).
 /// It runs as `unshare --net --uts --mount --propagation slave bash SCRIPT`.
-pub fn book_script(root: &str, image_step: Option<&str>, units: &[Unit]) -> String {
+pub fn book_script(root: &str, image_steps: &[&str], units: &[Unit]) -> String {
     let mut script = format!(
         r#"#!/bin/bash
 # The book's ```console,cgroup-v2 blocks (cargo xtask book), in the systemd guest.
@@ -231,7 +232,7 @@ mount -t tmpfs -o mode=755 tmpfs {lib}
         lib = crate::paths::LIB,
         records = crate::paths::RECORDS,
     );
-    if let Some(step) = image_step {
+    for step in image_steps {
         script.push_str(&format!(
             "target/debug/{step} image import example /workshop/image/base.tar /workshop/image/app.tar > /dev/null \
              || echo 'WORKSHOP-VM: could not import the example image'\n"
@@ -460,7 +461,7 @@ mod tests {
     #[test]
     fn the_script_runs_each_command_in_the_sandbox() {
         let units = [Unit::Alone(0, "cat /sys/fs/cgroup/memory.max"), Unit::Alone(1, "echo 'a b'")];
-        let script = book_script("/work/main", Some("08-volumes"), &units);
+        let script = book_script("/work/main", &["08-volumes"], &units);
         assert!(script.contains("cd /work/main || exit 1\nhostname workshop-host\nip link set lo up\n"));
         assert!(script.contains("target/debug/08-volumes image import example"));
         assert!(script.contains(&format!("run 0 {}\n", encode(b"cat /sys/fs/cgroup/memory.max"))));
@@ -485,7 +486,7 @@ mod tests {
                 vec![(4, "SHELL_VAR=kept; echo two"), (5, "echo $SHELL_VAR")],
             ),
         ];
-        let script = book_script(&dir.to_string_lossy(), None, &units);
+        let script = book_script(&dir.to_string_lossy(), &[], &units);
         let body = script.split_once("emit() {").map(|(_, rest)| format!("emit() {{{rest}")).unwrap();
         let out = std::process::Command::new("bash").args(["-c", &body]).current_dir(&dir).output().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
