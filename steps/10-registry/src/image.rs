@@ -17,32 +17,23 @@ use std::path::{Component, Path, PathBuf};
 
 // ANCHOR: import
 /// `image import NAME LAYER...`: each layer into the store (once, by its
-/// digest), then the image; a layer that fails leaves nothing of itself.
+/// digest), then the image. All or nothing: if one layer fails, the layers
+/// this import brought into the store go again.
 /// `config` is an OCI layout's config (its `Cmd`, `Env`...), if it has one.
 pub fn import(name: &Reference, sources: &[PathBuf], config: Option<&serde_json::Value>) -> Result<()> {
     let _store = store::lock(false)?;
     if store::find(name)?.is_some() {
         bail!("image {} exists already (remove it with `image rm {}`)", name.familiar(), name.familiar());
     }
-    let mut layers = Vec::new();
+    let (mut layers, mut brought) = (Vec::new(), Vec::new());
     for source in sources {
-        // Only a directory or a regular file: a fifo would block, a device is no layer.
-        let added = if source.is_dir() {
-            dir_digest(source).and_then(|digest| {
-                store::add_layer(&digest, |layer| copy_layer(source, layer).map(|()| digest.clone()))?;
-                Ok(digest)
-            })
-        } else if source.is_file() {
-            // Read twice: once for the digest the store files it under, once to unpack.
-            tar_digest(source).and_then(|digest| {
-                store::add_layer(&digest, |layer| extract_file(source, layer))?;
-                Ok(digest)
-            })
-        } else {
-            Err(anyhow::anyhow!("not a directory or a tar file"))
-        };
-        let diff_id = added.with_context(|| format!("layer {}", source.display()))?;
-        layers.push(Layer { digest: None, diff_id });
+        match add_layer(source, &mut brought) {
+            Ok(diff_id) => layers.push(Layer { digest: None, diff_id }),
+            Err(err) => {
+                brought.iter().for_each(|diff_id| store::remove_layer(diff_id));
+                return Err(err.context(format!("layer {}", source.display())));
+            }
+        }
     }
     let diff_ids: Vec<&str> = layers.iter().map(|l| l.diff_id.as_str()).collect();
     let config = serde_json::json!({
@@ -54,6 +45,26 @@ pub fn import(name: &Reference, sources: &[PathBuf], config: Option<&serde_json:
     // As in Docker, an image's ID is the digest of its config.
     let id = format!("sha256:{}", crate::registry::sha256_hex(&serde_json::to_vec(&config)?));
     store::save(&Image { id, manifest_digest: None, config, layers }, name)
+}
+
+/// One source's layer into the store; its diff_id goes into `brought` if the store did not have it.
+fn add_layer(source: &Path, brought: &mut Vec<String>) -> Result<String> {
+    // Only a directory or a regular file: a fifo would block, a device is no layer.
+    let digest = if source.is_dir() {
+        dir_digest(source)?
+    } else if source.is_file() {
+        tar_digest(source)? // read twice: once for the digest, once to unpack
+    } else {
+        bail!("not a directory or a tar file")
+    };
+    if !store::has_layer(&digest) {
+        brought.push(digest.clone());
+    }
+    match source.is_dir() {
+        true => store::add_layer(&digest, |layer| copy_layer(source, layer).map(|()| digest.clone()))?,
+        false => store::add_layer(&digest, |layer| extract_file(source, layer))?,
+    };
+    Ok(digest)
 }
 // ANCHOR_END: import
 

@@ -286,6 +286,14 @@ fn sweep() -> Result<()> {
 }
 // ANCHOR_END: remove
 
+/// Takes a layer out of the store again (an import that failed half-way).
+pub fn remove_layer(diff_id: &str) {
+    if let (Ok(hex), Ok(link)) = (hex(diff_id), layer_dir(diff_id)) {
+        let _ = std::fs::remove_file(link);
+        let _ = remove_dir(&dir("layers").join(hex));
+    }
+}
+
 /// `cleanup`: what killed pulls left in `tmp/` (a lock no one holds is a dead one).
 pub fn remove_stale() {
     for entry in std::fs::read_dir(dir("tmp")).into_iter().flatten().flatten() {
