@@ -17,6 +17,12 @@ pub const STATE: &str = paths::RUN;
 /// What the runtimes keep on disk, one entry per container, image or volume
 /// (the per-mapping rootfs copies of --userns are a cache, not counted).
 const KEPT: [&str; 3] = [paths::CONTAINERS, paths::IMAGES, paths::VOLUMES];
+/// Step 10's store: one entry per layer (and its short link) and image, one
+/// file per tag; its tmp/ holds only what a pull or import has in progress, so
+/// whatever a run leaves there is a leak (and is removed).
+const STORE_KEPT: [&str; 3] = ["layers", "l", "images"];
+const STORE_TAGS: &str = "tags";
+const STORE_TMP: &str = "tmp";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -51,6 +57,9 @@ impl std::fmt::Display for Leak {
                 write!(f, "a contained process is still running: pid {pid} ({cmd})")
             }
             Leak::Link(link) => write!(f, "a network interface was left: {link}"),
+            Leak::State(path) if Path::new(path).starts_with(Path::new(paths::STORE).join(STORE_TMP)) => {
+                write!(f, "left in the store's tmp/ (a pull or import must remove its own): {path}")
+            }
             Leak::State(path) => write!(f, "a state file was left: {path}"),
             Leak::Cgroup(path) => write!(f, "a cgroup was left: {path}"),
         }
@@ -88,6 +97,7 @@ pub fn snapshot() -> Snapshot {
         state: [
             files_under(Path::new(STATE)),
             KEPT.iter().flat_map(|dir| entries_of(Path::new(dir))).collect(),
+            store_entries(),
         ]
         .concat(),
         cgroups: workshop_cgroups(),
@@ -111,6 +121,15 @@ fn workshop_cgroups() -> Vec<String> {
     }
     groups.sort();
     groups
+}
+
+/// What step 10's store holds (see STORE_KEPT).
+fn store_entries() -> Vec<String> {
+    let store = Path::new(paths::STORE);
+    let mut entries: Vec<String> = STORE_KEPT.iter().flat_map(|dir| entries_of(&store.join(dir))).collect();
+    entries.extend(files_under(&store.join(STORE_TAGS)));
+    entries.extend(entries_of(&store.join(STORE_TMP)));
+    entries
 }
 
 fn entries_of(dir: &Path) -> Vec<String> {
@@ -251,6 +270,10 @@ pub fn reclaim(leaks: &[Leak]) {
             }
             Leak::State(path) if path.starts_with(STATE) && !names_a_live_process(path) => {
                 let _ = std::fs::remove_file(path);
+            }
+            // Half a download or an unpacked layer nobody finished: no run is live now.
+            Leak::State(path) if Path::new(path).starts_with(Path::new(paths::STORE).join(STORE_TMP)) => {
+                let _ = std::fs::remove_dir_all(path).or_else(|_| std::fs::remove_file(path));
             }
             Leak::Cgroup(path) => remove_cgroup(Path::new(path), &ours),
             _ => {}

@@ -8,15 +8,18 @@
 pub mod checks;
 pub mod exercises;
 pub mod figures;
+pub mod images;
 pub mod leaks;
 pub mod paths;
 pub mod probe;
+pub mod registry;
 pub mod run;
 pub mod sandbox;
 pub mod suite;
+pub mod token;
 pub mod workshop;
 
 pub use probe::Probe;
 pub use run::{Outcome, Run, Running};
-pub use suite::{Check, Ctx};
+pub use suite::{Check, Ctx, Skipped};
 pub use workshop::{Step, Workshop};

@@ -12,8 +12,10 @@ pub const LEASES: &str = "/run/workshop/ipam";
 pub const LIB: &str = "/var/lib/workshop";
 /// Kept container layers (step 07 on).
 pub const CONTAINERS: &str = "/var/lib/workshop/containers";
-/// Imported images (step 07 on).
+/// Imported images (steps 07 to 09).
 pub const IMAGES: &str = "/var/lib/workshop/images";
+/// The content-addressed image store (step 10 on): layers/, l/, images/, tags/, tmp/, lock.
+pub const STORE: &str = "/var/lib/workshop/store";
 /// Named volumes (step 08 on).
 pub const VOLUMES: &str = "/var/lib/workshop/volumes";
 /// The per-mapping copies of the rootfs that `--userns` makes (a cache, step 04 on).

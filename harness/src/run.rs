@@ -19,6 +19,13 @@ pub struct Run {
     pub wrapper: Vec<OsString>,
     /// Variables removed from the environment the binary gets.
     pub env_removed: Vec<OsString>,
+    /// Variables set in it (after the harness's own, see `spawn`).
+    pub env: Vec<(OsString, OsString)>,
+    /// What the binary reads on stdin (by default: nothing, /dev/null).
+    pub stdin: Option<Vec<u8>>,
+    /// Start it in the machine's own network namespace, not the test sandbox
+    /// (only for a check that must reach the internet, like pulling from Docker Hub).
+    pub on_host_network: bool,
 }
 
 /// How a run ended: Docker-style status (128+N for signal N) and its output.
@@ -48,6 +55,9 @@ impl Run {
             uid: None,
             wrapper: vec![],
             env_removed: vec![],
+            env: vec![],
+            stdin: None,
+            on_host_network: false,
         }
     }
 
@@ -86,19 +96,45 @@ impl Run {
         self
     }
 
+    pub fn env(mut self, name: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Run {
+        self.env.push((name.as_ref().into(), value.as_ref().into()));
+        self
+    }
+
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Run {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    pub fn on_host_network(mut self) -> Run {
+        self.on_host_network = true;
+        self
+    }
+
     fn describe(&self) -> String {
+        let env = self
+            .env
+            .iter()
+            .map(|(name, value)| format!("{}={}", name.to_string_lossy(), value.to_string_lossy()));
         let words = self.wrapper.iter().chain([&self.bin]).chain(&self.args);
-        words.map(|w| w.to_string_lossy().into_owned()).collect::<Vec<_>>().join(" ")
+        env.chain(words.map(|w| w.to_string_lossy().into_owned())).collect::<Vec<_>>().join(" ")
     }
 
     pub fn spawn(&self) -> Result<Running> {
         let mut words = self.wrapper.iter().chain([&self.bin]).chain(&self.args);
         let mut cmd = Command::new(words.next().unwrap());
-        cmd.args(words).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let stdin = if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() };
+        cmd.args(words).stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
         // Its own process group, so a timeout can kill the runtime and its container together.
         cmd.process_group(0);
         // Never the machine's own network: every run starts in the test sandbox.
-        crate::sandbox::inside(&mut cmd);
+        if !self.on_host_network {
+            crate::sandbox::inside(&mut cmd);
+        }
+        // Never the internet either: step 10 pulls docker.io images from this mirror, a
+        // closed port unless a check points it at its own registry (with `env`).
+        cmd.env(crate::registry::MIRROR_VAR, crate::registry::NO_MIRROR);
+        cmd.envs(self.env.iter().map(|(name, value)| (name, value)));
         for name in &self.env_removed {
             cmd.env_remove(name);
         }
@@ -117,6 +153,13 @@ impl Run {
             };
         }
         let mut child = cmd.spawn().with_context(|| format!("start {}", self.describe()))?;
+        if let (Some(bytes), Some(mut pipe)) = (self.stdin.clone(), child.stdin.take()) {
+            // A thread: a binary that never reads must not block the run (its pipe just breaks).
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = pipe.write_all(&bytes);
+            });
+        }
         let reader = |mut pipe: Box<dyn Read + Send>| {
             std::thread::spawn(move || {
                 let mut text = Vec::new();

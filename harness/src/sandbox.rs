@@ -72,6 +72,22 @@ pub fn inside(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// Runs `f` on a thread of its own inside the sandbox's network namespace (setns(2)
+/// moves only the calling thread), or right here when there is no sandbox: the
+/// sockets `f` opens talk to the loopback that the binaries under test see.
+pub fn in_netns<T: Send>(f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+    let Some(sandbox) = SANDBOX.get() else { return Ok(f()) };
+    let fd = sandbox.netns.as_raw_fd();
+    std::thread::scope(|scope| {
+        let thread = scope.spawn(move || {
+            // SAFETY: setns(2) on a descriptor that lives as long as the sandbox; this
+            // thread ends with `f`, so no other code runs in the namespace by mistake.
+            ok_or_errno(unsafe { libc::setns(fd, libc::CLONE_NEWNET) }).map(|()| f())
+        });
+        thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// Stops the holder; the namespace goes with it.
 pub fn stop() {
     if let Some(sandbox) = SANDBOX.get() {

@@ -6,7 +6,7 @@
 
 use crate::{leaks, Probe, Run, Step, Workshop};
 use anyhow::Result;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 use std::ffi::OsString;
 
 pub struct Check {
@@ -43,6 +43,19 @@ impl Check {
         self
     }
 }
+
+/// What a check returns (as its error) when it cannot run here, and why: the
+/// test list shows it as `ignored (skipped: WHY)`, never as a pass.
+#[derive(Debug)]
+pub struct Skipped(pub String);
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "skipped: {}", self.0)
+    }
+}
+
+impl std::error::Error for Skipped {}
 
 /// From step 04 on, every check also runs in a user namespace.
 pub const USERNS_SINCE: u8 = 4;
@@ -158,11 +171,11 @@ pub fn run(steps: &[Step], workshop: &Workshop, checks: Vec<Check>) -> ! {
                 let ctx = Ctx { step: step.clone(), workshop: workshop.clone(), userns };
                 let name = format!("{}{}::{}", step.name, if userns { "+userns" } else { "" }, check.name);
                 let (run, escape) = (check.run, check.escape);
-                trials.push(Trial::test(name, move || {
+                trials.push(Trial::ignorable_test(name, move || {
                     if escape {
                         crate::figures::add(crate::figures::ESCAPES, 1);
                     }
-                    guarded(&ctx, run)
+                    guarded_or_skipped(&ctx, run)
                 }));
             }
         }
@@ -176,8 +189,20 @@ pub fn run(steps: &[Step], workshop: &Workshop, checks: Vec<Check>) -> ! {
 /// Runs one check inside the leak check; leftovers fail it and are removed.
 /// (The grader, `exercises::grade`, runs its tests through it too.)
 pub fn guarded(ctx: &Ctx, check: fn(&Ctx) -> Result<()>) -> Result<(), Failed> {
+    guarded_or_skipped(ctx, check).map(|_| ())
+}
+
+/// `guarded`, where a check that returns `Skipped` is reported as skipped.
+fn guarded_or_skipped(ctx: &Ctx, check: fn(&Ctx) -> Result<()>) -> Result<Completion, Failed> {
     let before = leaks::snapshot();
-    let result = check(ctx);
+    let mut result = check(ctx);
+    let skipped = match &result {
+        Err(err) => err.downcast_ref::<Skipped>().map(|skip| skip.to_string()),
+        Ok(()) => None,
+    };
+    if skipped.is_some() {
+        result = Ok(());
+    }
     let leaked = leaks::settled_since(&before);
     leaks::reclaim(&leaked);
     crate::figures::add(crate::figures::LEAKS, leaked.len() as u64);
@@ -185,8 +210,9 @@ pub fn guarded(ctx: &Ctx, check: fn(&Ctx) -> Result<()>) -> Result<(), Failed> {
     if let Err(err) = result {
         report.insert(0, format!("{err:#}"));
     }
-    match report.is_empty() {
-        true => Ok(()),
-        false => Err(report.join("\n").into()),
+    match (report.is_empty(), skipped) {
+        (true, None) => Ok(Completion::Completed),
+        (true, Some(why)) => Ok(Completion::ignored_with(why)),
+        (false, _) => Err(report.join("\n").into()),
     }
 }

@@ -63,7 +63,16 @@ pub fn run() -> Result<()> {
         let ok = found.map(|p| p.display().to_string()).unwrap_or_default();
         let command = setup::install_command(&[requirement.package])
             .unwrap_or_else(|| format!("your distribution's package for {}", requirement.package));
-        let fix = format!("cargo xtask setup (as root, with apt-get), or: {command}");
+        let fix = match requirement.check {
+            // Never `apt-get install` it: its package starts a service.
+            setup::Check::Unpacked { env, .. } => {
+                format!(
+                    "cargo xtask setup (unpacks {} under target/tools), or set {env}",
+                    requirement.package
+                )
+            }
+            _ => format!("cargo xtask setup (as root, with apt-get), or: {command}"),
+        };
         rows.push(presence(requirement.what, !ok.is_empty(), requirement.required, ok, fix));
     }
     rows.push(probe());

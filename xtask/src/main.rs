@@ -21,6 +21,7 @@ mod mountinfo;
 #[allow(dead_code)]
 #[path = "../../harness/src/paths.rs"]
 mod paths;
+mod registry;
 mod rootfs;
 mod setup;
 mod test;
@@ -62,6 +63,12 @@ enum Task {
     },
     /// Build and import the example layered image of chapter 07 ("example").
     Image,
+    /// Run step 10's test registry on 127.0.0.1, filled with the example images, until Ctrl-C.
+    Registry {
+        /// The port on 127.0.0.1.
+        #[arg(long, default_value_t = 5000)]
+        port: u16,
+    },
     /// Measure start-to-exit times of every step against runc, unshare and a VM.
     Bench {
         /// A few repetitions and no scaling runs (what `cargo xtask test` runs).
@@ -182,6 +189,7 @@ fn main() -> ExitCode {
         Task::Doctor => doctor::run(),
         Task::Demo { prebuilt } => demo::run(prebuilt.as_deref()),
         Task::Image => image::run(),
+        Task::Registry { port } => registry::run(port),
         Task::Bench { quick, publish, only } => bench::run_only(quick, publish, &only),
         Task::BenchWorker { out, bundle, rootfs, bin_dir, quick, only } => {
             bench::worker(bench::Worker { out, bundle, rootfs, bin_dir, quick, only })

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::{as_root, is_root, is_static, run as run_cmd, sudo_available, which};
 
@@ -26,6 +26,10 @@ pub enum Check {
     File(&'static str),
     /// A statically linked busybox (the `busybox` package is dynamic: useless in a rootfs).
     StaticBusybox,
+    /// A program of a package that must not be installed (installing it starts a
+    /// service): unpacked with `dpkg-deb -x` into `target/tools/PACKAGE`, at this
+    /// path inside it (see `unpack`). An environment variable may name another copy.
+    Unpacked { path: &'static str, env: &'static str },
 }
 
 /// Everything the workshop needs from the host. Add one line per new need, e.g.
@@ -43,6 +47,14 @@ pub const REQUIREMENTS: &[Requirement] = &[
     Requirement { what: "mmdebstrap (VM tier, systemd guest)", check: Check::Command("mmdebstrap"), package: "mmdebstrap", required: false },
     // The benchmark (xtask/src/bench.rs) measures runc next to the steps.
     Requirement { what: "runc (benchmark)", check: Check::Command("runc"), package: "runc", required: false },
+    // Step 10's checks (harness/src/registry.rs): a real registry, filled with skopeo; htpasswd
+    // writes the bcrypt entries of its Basic-auth variant. Debian's docker-registry package
+    // would start a registry on port 5000 as a service: only its binary is unpacked.
+    Requirement { what: "skopeo (registry checks)", check: Check::Command("skopeo"), package: "skopeo", required: false },
+    Requirement { what: "htpasswd (registry checks)", check: Check::Command("htpasswd"), package: "apache2-utils", required: false },
+    // ... and openssl signs the tokens of its token-auth variant (harness/src/token.rs).
+    Requirement { what: "openssl (registry checks)", check: Check::Command("openssl"), package: "openssl", required: false },
+    Requirement { what: "docker-registry (registry checks)", check: Check::Unpacked { path: "usr/bin/docker-registry", env: "WORKSHOP_DOCKER_REGISTRY" }, package: "docker-registry", required: false },
 ];
 
 impl Requirement {
@@ -52,7 +64,32 @@ impl Requirement {
             Check::Command(program) => which(program),
             Check::File(path) => Some(PathBuf::from(path)).filter(|p| p.exists()),
             Check::StaticBusybox => find_static_busybox(),
+            Check::Unpacked { path, env } => match std::env::var_os(env).filter(|p| !p.is_empty()) {
+                Some(chosen) => Some(PathBuf::from(chosen)).filter(|p| p.is_file()),
+                None => Some(unpacked_dir(self.package).join(path)).filter(|p| p.is_file()),
+            },
         }
+    }
+
+    fn is_unpacked(&self) -> bool {
+        matches!(self.check, Check::Unpacked { .. })
+    }
+}
+
+/// Where `unpack` puts a package's files: under target/ (not /opt or /var/cache):
+/// it is written as the invoking user, needs no root, goes with `cargo clean`, and
+/// each checkout has its own copy, next to the binaries the harness tests.
+pub fn unpacked_dir(package: &str) -> PathBuf {
+    crate::target_dir().join("tools").join(package)
+}
+
+/// The path of an unpacked requirement's program, for the tasks that pass it on
+/// (the integration tier gives it to the harness in its environment variable).
+pub fn unpacked(package: &str) -> Option<(&'static str, PathBuf)> {
+    let requirement = REQUIREMENTS.iter().find(|r| r.package == package)?;
+    match requirement.check {
+        Check::Unpacked { env, .. } => Some((env, requirement.find()?)),
+        _ => None,
     }
 }
 
@@ -65,7 +102,63 @@ pub fn run() -> Result<()> {
     }
     let what: Vec<&str> = missing.iter().map(|r| r.what).collect();
     println!("setup: missing {}", what.join(", "));
-    apt_install(&missing, false)
+    install_missing(&missing, false)
+}
+
+/// Installs the packages of `missing` with apt-get, and unpacks the others.
+fn install_missing(missing: &[&Requirement], sudo: bool) -> Result<()> {
+    let (unpacked, installed): (Vec<&Requirement>, Vec<&Requirement>) =
+        missing.iter().partition(|r| r.is_unpacked());
+    if !installed.is_empty() {
+        apt_install(&installed, sudo)?;
+    }
+    unpacked.iter().try_for_each(|r| unpack(r))
+}
+
+/// `apt-get download PACKAGE` and `dpkg-deb -x` into `unpacked_dir`: the package's
+/// files, never installed, so its maintainer scripts (and its service) never run.
+/// Atomic: a half-unpacked copy is never where `find` looks.
+fn unpack(requirement: &Requirement) -> Result<()> {
+    let package = requirement.package;
+    let Check::Unpacked { env, .. } = requirement.check else { bail!("{package} is not unpacked") };
+    if which("apt-get").is_none() || which("dpkg-deb").is_none() {
+        bail!(
+            "missing {}; this host has no apt-get/dpkg-deb to unpack Debian's {package}: \
+             set {env} to a registry binary (github.com/distribution/distribution v2.8, `registry`)",
+            requirement.what
+        );
+    }
+    let dir = unpacked_dir(package);
+    let download = dir.with_extension("download");
+    let partial = dir.with_extension("partial");
+    for stale in [&download, &partial] {
+        let _ = std::fs::remove_dir_all(stale);
+    }
+    std::fs::create_dir_all(&download)?;
+    let fetch = || run_cmd(Command::new("apt-get").args(["download", package]).current_dir(&download));
+    if fetch().is_err() {
+        // The package lists may be missing (a fresh container) or stale (a removed version).
+        run_cmd(&mut as_root({
+            let mut update = Command::new("apt-get");
+            update.arg("update");
+            update
+        })?)?;
+        fetch()?;
+    }
+    let deb = std::fs::read_dir(&download)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .with_context(|| format!("`apt-get download {package}` left no .deb in {}", download.display()))?;
+    run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&partial, &dir)?;
+    std::fs::remove_dir_all(&download)?;
+    match requirement.find() {
+        Some(found) => println!("setup: unpacked {package} (not installed): {}", found.display()),
+        None => bail!("`dpkg-deb -x` of {} did not give {}", deb.display(), requirement.what),
+    }
+    Ok(())
 }
 
 /// For a task that needs a few of the requirements (the demo, the benchmark): install
@@ -80,7 +173,7 @@ pub fn install(packages: &[&str], why: &str) -> Result<()> {
     }
     let names: Vec<&str> = missing.iter().map(|r| r.package).collect();
     println!("setup: installing {} with apt-get: {why}", names.join(" "));
-    apt_install(&missing, true)
+    install_missing(&missing, true)
 }
 
 /// `apt-get update`, then `apt-get install` of the packages of `missing`; as root, or

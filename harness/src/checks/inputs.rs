@@ -4,7 +4,7 @@
 //! A refusal is exit 125 with one line on stderr that names the flag or the
 //! value; the leak check around every test proves that nothing was left behind.
 
-use super::TempPath;
+use super::{store, TempPath};
 use crate::figures::{self, FUZZ, INPUTS};
 use crate::{Check, Ctx, Outcome, Run};
 use anyhow::{bail, ensure, Context, Result};
@@ -38,8 +38,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const FUZZ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The per-mapping rootfs copies that a valid `--userns-remap` makes (a cache).
 use crate::paths::USERNS_CACHE;
-/// Where the runtimes keep images and named volumes.
-use crate::paths::{IMAGES, VOLUMES};
+/// Where the runtimes keep named volumes (images: see `store`).
+use crate::paths::VOLUMES;
 
 /// How a case is run.
 #[derive(Clone, Copy)]
@@ -58,6 +58,8 @@ enum Via {
 /// that contains each of `words`.
 struct Case {
     since: u8,
+    /// The last step it is bad for (u8::MAX: every later step).
+    until: u8,
     via: Via,
     args: Vec<OsString>,
     words: Vec<String>,
@@ -65,7 +67,14 @@ struct Case {
 
 fn case<A: AsRef<OsStr>>(since: u8, via: Via, args: impl IntoIterator<Item = A>, words: &[&str]) -> Case {
     let args = args.into_iter().map(|a| a.as_ref().to_os_string()).collect();
-    Case { since, via, args, words: words.iter().map(|w| w.to_string()).collect() }
+    Case { since, until: u8::MAX, via, args, words: words.iter().map(|w| w.to_string()).collect() }
+}
+
+impl Case {
+    fn until(mut self, last: u8) -> Case {
+        self.until = last;
+        self
+    }
 }
 
 /// `FLAG=VALUE` as one argument, so that a value starting with '-' stays a value.
@@ -110,7 +119,7 @@ fn command_for(ctx: &Ctx, case: &Case) -> Run {
 fn expect_refused(ctx: &Ctx, cases: &[Case], after: impl Fn() -> Result<()>) -> Result<()> {
     let mut failures = Vec::new();
     let mut tried = 0;
-    for case in cases.iter().filter(|c| c.since <= ctx.step.number) {
+    for case in cases.iter().filter(|c| (c.since..=c.until).contains(&ctx.step.number)) {
         figures::add(INPUTS, 1);
         tried += 1;
         let words: Vec<&str> = case.words.iter().map(String::as_str).collect();
@@ -355,12 +364,20 @@ fn bad_subcommand_args(ctx: &Ctx) -> Result<()> {
         case(7, Via::Raw, ["image", "import"], &["<NAME>"]),
         case(7, Via::Raw, ["image", "import", &missing], &["<LAYERS>"]),
     ]);
-    let image_long = "x".repeat(65);
     cases.push(case(7, Via::Raw, ["image", "rm", &missing], &[&missing]));
-    for name in ["../x", "a/b", "", "..", ".", &victim_path, &image_long, &long] {
-        cases.push(case(7, Via::Raw, ["image", "rm", name], &["image"]));
+    let invalid = store::invalid_name_word(ctx);
+    for name in ["../x", "", "..", ".", &victim_path, &long] {
+        cases.push(case(7, Via::Raw, ["image", "rm", name], &[invalid]));
         // The name is refused before any layer is read.
-        cases.push(case(7, Via::Raw, ["image", "import", name, &victim_path], &["image"]));
+        cases.push(case(7, Via::Raw, ["image", "import", name, &victim_path], &[invalid]));
+    }
+    let last_with_names = store::STORE_SINCE - 1;
+    for name in &store::names_only_before_references() {
+        cases.push(case(7, Via::Raw, ["image", "rm", name], &["image"]).until(last_with_names));
+        let import = case(7, Via::Raw, ["image", "import", name, &victim_path], &["image"]);
+        cases.push(import.until(last_with_names));
+        // Well-formed references from step 10 on: of images nobody has.
+        cases.push(case(store::STORE_SINCE, Via::Raw, ["image", "rm", name], &[name]));
     }
     cases.push(case(7, Via::Raw, [OsString::from("image"), "rm".into(), not_utf8("x")], &["UTF-8"]));
     cases.extend([
@@ -382,11 +399,18 @@ fn bad_subcommand_args(ctx: &Ctx) -> Result<()> {
 fn bad_images(ctx: &Ctx) -> Result<()> {
     let missing = format!("no-such-{}", std::process::id());
     let long = "x".repeat(5000);
-    let image_long = "x".repeat(65);
-    let names =
-        [&missing, "a/b", "..", ".", "../images", "", &image_long, &long, "a b", "a\nb", "/etc", "-x"];
+    let names = ["..", ".", "../images", "", &long, "a b", "a\nb", "/etc", "-x"];
+    let invalid = store::invalid_name_word(ctx);
     let mut cases: Vec<Case> =
-        names.iter().map(|n| case(7, Via::Run, [flag_is("--image", n)], &["image"])).collect();
+        names.iter().map(|n| case(7, Via::Run, [flag_is("--image", n)], &[invalid])).collect();
+    // Well-formed names of images nobody has; from step 10 on they are pulled, which fails
+    // at once (every run's registry mirror is a closed port), in an error that names them.
+    let [two_parts, image_long] = store::names_only_before_references();
+    let last_with_names = store::STORE_SINCE - 1;
+    for name in [&missing, &two_parts, &image_long] {
+        cases.push(case(7, Via::Run, [flag_is("--image", name)], &["image"]).until(last_with_names));
+        cases.push(case(store::STORE_SINCE, Via::Run, [flag_is("--image", name)], &[name]));
+    }
     cases.push(case(7, Via::Run, [flag_is("--image", not_utf8("x"))], &["UTF-8"]));
     expect_refused(ctx, &cases, no_leftovers)
 }
@@ -448,11 +472,10 @@ fn bad_layers(ctx: &Ctx) -> Result<()> {
         [OsStr::new("image"), "import".as_ref(), name.as_ref(), good, &layers[0]],
         &["layer"],
     ));
+    let before = store::contents(ctx);
     let image_left = || {
-        let left = std::fs::read_dir(IMAGES).into_iter().flatten().flatten().map(|e| e.file_name());
-        let left: Vec<OsString> = left.filter(|n| n.to_string_lossy().contains(&name)).collect();
-        ensure!(left.is_empty(), "a refused import left {left:?} in {IMAGES}");
-        Ok(())
+        ensure!(!store::has_image(ctx, &name), "a refused import left the image {name}");
+        store::expect_nothing_new(ctx, &before, "a refused import")
     };
     expect_refused(ctx, &cases, image_left)
 }

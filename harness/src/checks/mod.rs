@@ -13,7 +13,9 @@ mod net;
 mod oci;
 mod overlay;
 mod pid;
+mod registry;
 mod security;
+mod store;
 mod systemd;
 mod user;
 mod uts;
@@ -39,6 +41,7 @@ pub fn all() -> Vec<Check> {
         security::checks(),
         hardening::checks(),
         faults::checks(),
+        registry::checks(),
     ]
     .into_iter()
     .flatten()

@@ -1,7 +1,7 @@
 //! Step 07: importing an OCI image layout (`image import NAME --oci DIR`).
 
-use super::overlay::{app_layer, expect_merged, IMAGES};
-use super::TempPath;
+use super::overlay::{app_layer, expect_merged};
+use super::{store, TempPath};
 use crate::{Check, Ctx, Run};
 use anyhow::{ensure, Context, Result};
 use serde_json::{json, Value};
@@ -65,12 +65,15 @@ fn an_oci_layout_imports(ctx: &Ctx) -> Result<()> {
     let layout = dir.0.join("layout");
     write_layout(&layout, &[(TAR, &base), (TAR, &app_layer(&dir.0)?)])?;
     let name = format!("test-oci-{}", std::process::id());
+    let before = store::contents(ctx);
     let outcome = import(ctx, &name, &layout)?;
     let result = outcome.expect_status(0).map(|_| ()).and_then(|()| expect_merged(ctx, &name));
     // Remove it whatever happened; a failed import's own error is the one to report.
     let _ = Run::raw(&ctx.step.bin).args(["image", "rm", &name]).output();
     result?;
-    ensure!(!Path::new(IMAGES).join(&name).exists(), "`image rm {name}` left the image behind");
+    ensure!(!store::has_image(ctx, &name), "`image rm {name}` left the image behind");
+    let left = store::contents(ctx).added_since(&before);
+    ensure!(left.is_empty(), "`image rm {name}` left its layers behind: {left:?}");
     Ok(())
 }
 
@@ -105,11 +108,13 @@ fn bad_oci_layouts_are_refused(ctx: &Ctx) -> Result<()> {
         write_layout(&layout, layers)?;
         spoil(&layout, &layer_hex)?;
         let name = format!("bad-oci-{}", std::process::id());
+        let before = store::contents(ctx);
         let outcome = import(ctx, &name, &layout)?;
         crate::figures::add(crate::figures::INPUTS, 1);
         outcome.expect_status(125).with_context(|| format!("an OCI layout with {what} must be refused"))?;
         outcome.expect_one_error_line(&[word]).with_context(|| format!("an OCI layout with {what}"))?;
-        ensure!(!Path::new(IMAGES).join(&name).exists(), "a refused OCI import ({what}) left an image");
+        ensure!(!store::has_image(ctx, &name), "a refused OCI import ({what}) left the image {name}");
+        store::expect_nothing_new(ctx, &before, &format!("a refused OCI import ({what})"))?;
     }
     Ok(())
 }

@@ -1,13 +1,11 @@
 //! Step 07: image layers, a writable container layer, copy-on-write.
 
-use super::TempPath;
+use super::{store, TempPath};
 use crate::{Check, Ctx, Probe, Run};
 use anyhow::{ensure, Context, Result};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-pub(super) use crate::paths::IMAGES;
 
 pub fn checks() -> Vec<Check> {
     vec![
@@ -27,7 +25,7 @@ pub fn checks() -> Vec<Check> {
 
 /// One entry of a layer tar; `Raw` writes its name bytes as they are, so
 /// absolute paths and `..` (which the tar crate refuses to write) get in.
-enum Entry<'a> {
+pub(super) enum Entry<'a> {
     File(&'a str, &'a str),
     Dir(&'a str),
     Symlink(&'a str, &'a str),
@@ -35,7 +33,7 @@ enum Entry<'a> {
     CharDevice(&'a str),
 }
 
-fn write_tar(path: &Path, entries: &[Entry]) -> Result<()> {
+pub(super) fn write_tar(path: &Path, entries: &[Entry]) -> Result<()> {
     let mut builder = tar::Builder::new(std::fs::File::create(path)?);
     for entry in entries {
         let mut header = tar::Header::new_gnu();
@@ -191,8 +189,9 @@ fn copy_on_write(ctx: &Ctx) -> Result<()> {
     let dir = TempPath::new("cow-layer");
     std::fs::create_dir(&dir.0)?;
     let image = TestImage::import(ctx, "cow", &[app_layer(&dir.0)?])?;
-    let layers = Path::new(IMAGES).join(&image.name);
-    let before = fingerprint(&layers)?;
+    let layers = store::layer_dirs(ctx, &image.name)?;
+    let fingerprints = || layers.iter().map(|dir| fingerprint(dir)).collect::<Result<Vec<_>>>();
+    let before = fingerprints()?;
     let name = format!("cow-{}", std::process::id());
     let script = "echo added > /added && echo more >> /app/hello.txt && rm /etc/passwd";
     let run = Run::raw(&ctx.step.bin).args(["run", "--name", &name, "--image", &image.name]);
@@ -202,7 +201,7 @@ fn copy_on_write(ctx: &Ctx) -> Result<()> {
     let removed = Run::raw(&ctx.step.bin).args(["rm", &name]).output();
     outcome?.expect_status(0)?;
     removed?.expect_status(0)?;
-    ensure!(fingerprint(&layers)? == before, "a container's writes changed the image's layers");
+    ensure!(fingerprints()? == before, "a container's writes changed the image's layers");
     let diff = diff?;
     let mut changes: Vec<&str> = diff.stdout.lines().collect();
     changes.sort();
@@ -289,6 +288,7 @@ fn crafted_tars_are_refused(ctx: &Ctx) -> Result<()> {
         ("device node", vec![Entry::CharDevice("dev/sda")]),
     ];
     for (what, entries) in cases {
+        let before = store::contents(ctx);
         let tar = dir.0.join("crafted.tar");
         write_tar(&tar, &entries)?;
         let name = format!("crafted-{}", std::process::id());
@@ -298,7 +298,8 @@ fn crafted_tars_are_refused(ctx: &Ctx) -> Result<()> {
         let left: Vec<_> = std::fs::read_dir(&outside.0)?.collect();
         ensure!(left.is_empty(), "a tar whose entry {what} wrote outside its layer");
         ensure!(!Path::new("/tmp/escaped-by-dotdot").exists(), "a tar climbed out with ..");
-        ensure!(!Path::new(IMAGES).join(&name).exists(), "a refused import left an image");
+        ensure!(!store::has_image(ctx, &name), "a refused import ({what}) left the image {name}");
+        store::expect_nothing_new(ctx, &before, &format!("a refused import ({what})"))?;
     }
     Ok(())
 }
@@ -308,6 +309,6 @@ fn bad_images_are_125(ctx: &Ctx) -> Result<()> {
     let outcome = ctx.bare().args(["--image", "no-such-image"]).cmd(["true"]).output()?;
     outcome.expect_status(125)?.expect_one_error_line(&["no-such-image"])?;
     let bad_name = Run::raw(&ctx.step.bin).args(["image", "import", "../evil", "/nonexistent"]).output()?;
-    bad_name.expect_status(125)?.expect_one_error_line(&["invalid image name"])?;
+    bad_name.expect_status(125)?.expect_one_error_line(&[store::invalid_name(ctx)])?;
     Ok(())
 }
