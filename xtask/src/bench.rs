@@ -16,11 +16,11 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 /// The groups of rows, for `--only`, in the order they appear.
-pub const GROUPS: &[&str] = &["floor", "steps", "runc", "vm", "scaling"];
+pub const GROUPS: &[&str] = &["floor", "steps", "runc", "vm", "scaling", "pull"];
 
 /// The groups the worker measures (as root, in its scratch network namespace);
 /// the VM is booted by xtask itself, as the invoking user, like the VM tier does.
-const WORKER_GROUPS: &[&str] = &["floor", "steps", "runc", "scaling"];
+const WORKER_GROUPS: &[&str] = &["floor", "steps", "runc", "scaling", "pull"];
 
 const RUNC_LABEL: &str = "runc (same rootfs, no network)";
 
@@ -67,6 +67,9 @@ pub fn run_only(quick: bool, publish: bool, only: &[String]) -> Result<()> {
     }
     if wanted("vm") {
         packages.extend(["busybox-static", "qemu-system-x86"]);
+    }
+    if wanted("pull") {
+        packages.extend(["skopeo", "docker-registry"]);
     }
     if let Err(err) = setup::install(&packages, "the benchmark measures them") {
         println!("bench: {err:#}");
@@ -122,7 +125,7 @@ pub fn run_only(quick: bool, publish: bool, only: &[String]) -> Result<()> {
 /// The worker's rows: builds what they run, then starts the worker as root in a
 /// scratch network namespace and reads what it wrote.
 fn run_worker(dir: &Path, quick: bool, groups: &[&str]) -> Result<Value> {
-    if groups.iter().any(|g| ["steps", "scaling"].contains(g)) {
+    if groups.iter().any(|g| ["steps", "scaling", "pull"].contains(g)) {
         // Release builds: the numbers should be the runtime's, not the debug build's.
         let steps = artifacts::steps()?;
         let mut build = cargo();
@@ -322,6 +325,10 @@ pub fn worker(w: Worker) -> Result<()> {
         }
     }
 
+    if wanted("pull") {
+        rows.extend(pull_rows(&w, reps)?);
+    }
+
     let scaling = if w.quick || !wanted("scaling") { json!(null) } else { scaling(&w)? };
     let results = json!({ "reps": reps, "rows": rows, "scaling": scaling });
     std::fs::write(&w.out, serde_json::to_string_pretty(&results)?)?;
@@ -376,6 +383,63 @@ fn summary(label: &str, group: &str, times: &[f64]) -> Value {
         "label": label, "group": group, "n": sorted.len(),
         "median_ms": percentile(&sorted, 0.5), "p10_ms": percentile(&sorted, 0.1), "p90_ms": percentile(&sorted, 0.9),
     })
+}
+
+const PULL_LABEL: &str = "10-registry pull -q";
+const SKOPEO_LABEL: &str = "skopeo copy docker:// oci: (as nobody, through setpriv)";
+
+/// The pull rows: step 10's `pull` of the harness's example image (the workshop
+/// rootfs as one gzipped layer) from Debian's docker-registry on this namespace's
+/// loopback, beside `skopeo copy` of the same image from the same registry into
+/// an OCI layout. skopeo fetches and checks the blobs but unpacks nothing, where
+/// `pull` also gunzips and unpacks the layer: the ratio favours skopeo.
+fn pull_rows(w: &Worker, reps: usize) -> Result<Vec<Value>> {
+    let bin = w.bin_dir.join("10-registry");
+    if !bin.exists() {
+        return Ok(Vec::new());
+    }
+    let registry = match harness::registry::Registry::start() {
+        Ok(registry) => registry,
+        Err(err) => {
+            let why = format!("no registry: {err:#}");
+            return Ok(vec![
+                not_measured(PULL_LABEL, "pull", &why),
+                not_measured(SKOPEO_LABEL, "pull", &why),
+            ]);
+        }
+    };
+    let images = harness::images::TestImages::get(&w.rootfs)?;
+    images.push(&registry, harness::images::EXAMPLE)?;
+    let reference =
+        format!("{}/{}:latest", registry.host(), harness::images::TestImages::repo(harness::images::EXAMPLE));
+    let bin = bin.to_string_lossy().into_owned();
+    // Each pull starts from an empty store: the image is removed (untimed) after it.
+    let mut pulls = Vec::new();
+    for _ in 0..reps + 2 {
+        pulls.push(time_once(&words(&format!("{bin} pull -q {reference}")))?);
+        time_once(&words(&format!("{bin} image rm {reference}")))?;
+    }
+    pulls.drain(..2);
+    // skopeo as root would keep a cache in /var/lib/containers; as nobody it writes only its output.
+    let scratch = std::env::temp_dir().join(format!("workshop-bench-skopeo-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    std::fs::set_permissions(&scratch, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+    let mut copies = Vec::new();
+    for n in 0..reps + 2 {
+        let out = scratch.join(n.to_string());
+        let argv = words(&format!(
+            "setpriv --reuid 65534 --regid 65534 --clear-groups env HOME={home} skopeo --insecure-policy copy --quiet \
+             --src-tls-verify=false docker://{reference} oci:{out}:latest",
+            home = scratch.display(),
+            out = out.display()
+        ));
+        let timed = time_once(&argv);
+        let _ = std::fs::remove_dir_all(&out);
+        copies.push(timed?);
+    }
+    copies.drain(..2);
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(vec![summary(PULL_LABEL, "pull", &pulls), summary(SKOPEO_LABEL, "pull", &copies)])
 }
 
 /// Start time against layers, volumes and containers started at once (step 08).
@@ -549,7 +613,7 @@ fn markdown(results: &Value) -> String {
     let floor = row(results, "unshare floor (").and_then(median);
     let rows: Vec<&Value> = results["rows"].as_array().map(|r| r.iter().collect()).unwrap_or_default();
     let mut out = String::from(TABLE_HEADER);
-    for r in &rows {
+    for r in rows.iter().filter(|r| r["group"] != "pull") {
         out += &table_row(r, runc, floor);
     }
     let mut notes = Vec::new();
@@ -589,6 +653,29 @@ fn markdown(results: &Value) -> String {
         let groups: Vec<&str> = only.iter().filter_map(Value::as_str).collect();
         out += &format!("\nOnly these rows were measured: {} (`--only`).\n", groups.join(", "));
     }
+    let pulls: Vec<&&Value> = rows.iter().filter(|r| r["group"] == "pull").collect();
+    if !pulls.is_empty() {
+        let skopeo = row(results, "skopeo").and_then(median);
+        out += "\n| pull of the example image (one 1.8 MB layer) from docker-registry on loopback | median | p10 to p90 | x skopeo |\n|---|---:|---:|---:|\n";
+        for r in pulls {
+            out += &match median(r) {
+                Some(m) => format!(
+                    "| {} | {} ms | {} to {} | {} |\n",
+                    cell(r["label"].as_str().unwrap_or("?")),
+                    ms(m),
+                    ms(r["p10_ms"].as_f64().unwrap_or(f64::NAN)),
+                    ms(r["p90_ms"].as_f64().unwrap_or(f64::NAN)),
+                    ratio(m, skopeo, 2)
+                ),
+                None => format!(
+                    "| {} | not measured: {} | – | – |\n",
+                    cell(r["label"].as_str().unwrap_or("?")),
+                    cell(r["not_measured"].as_str().unwrap_or("?"))
+                ),
+            };
+        }
+        out += "\nskopeo fetches and checks the blobs and writes them as they are; `pull` also gunzips the layer, checks its diff_id and unpacks it into the store, so the ratio favours skopeo.\n";
+    }
     let scaling = &results["scaling"];
     if !scaling.is_null() {
         out += "\n| step 08, --net none | median | p10 to p90 |\n|---|---:|---:|\n";
@@ -624,7 +711,11 @@ fn markdown(results: &Value) -> String {
 /// than two orders of magnitude (a VM next to containers) the axis is logarithmic:
 /// on a linear one every container would be a bar too short to see.
 fn svg(results: &Value) -> String {
-    let rows: Vec<&Value> = results["rows"].as_array().map(|r| r.iter().collect()).unwrap_or_default();
+    // Start times only: the pull rows have a table of their own.
+    let rows: Vec<&Value> = results["rows"]
+        .as_array()
+        .map(|r| r.iter().filter(|r| r["group"] != "pull").collect())
+        .unwrap_or_default();
     let medians: Vec<f64> =
         rows.iter().filter_map(|r| r["median_ms"].as_f64()).filter(|m| *m > 0.0).collect();
     let max = medians.iter().copied().fold(1.0, f64::max);
