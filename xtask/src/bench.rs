@@ -656,7 +656,7 @@ fn markdown(results: &Value) -> String {
     let pulls: Vec<&&Value> = rows.iter().filter(|r| r["group"] == "pull").collect();
     if !pulls.is_empty() {
         let skopeo = row(results, "skopeo").and_then(median);
-        out += "\n| pull of the example image (one 1.8 MB layer) from docker-registry on loopback | median | p10 to p90 | x skopeo |\n|---|---:|---:|---:|\n";
+        out += "\n| pull of the example image (the workshop rootfs as one gzipped layer) from docker-registry on loopback | median | p10 to p90 | x skopeo |\n|---|---:|---:|---:|\n";
         for r in pulls {
             out += &match median(r) {
                 Some(m) => format!(
