@@ -16,6 +16,7 @@ mod commit;
 mod freezer;
 pub mod grade;
 mod init;
+mod integrity;
 mod ipc;
 mod publish;
 mod read_only;
@@ -74,6 +75,7 @@ pub fn all() -> Vec<Exercise> {
         commit::exercise(),
         tmpfs::exercise(),
         caps::exercise(),
+        integrity::exercise(),
     ]
 }
 

@@ -187,7 +187,7 @@ pub fn harness_plan(args: &[String], newest: &str) -> Vec<(String, Vec<String>)>
             continue;
         }
         let mut args = vec![format!("{step}::")];
-        for (name, _) in super::DEFAULT_SKIPS {
+        for (name, _) in super::EXCLUDED.iter().chain(&super::DEFAULT_SKIPS) {
             args.extend(["--skip".to_string(), name.to_string()]);
         }
         runs.push((format!("harness-{step}"), args));
@@ -863,6 +863,7 @@ mod tests {
         assert_eq!(runs[0].1[0], "06-cgroups::");
         assert_eq!(runs[1].1[0], "08-volumes::");
         assert!(runs[1].1.windows(2).any(|w| w == ["--skip", "faults::soak_"]));
+        assert!(runs[1].1.windows(2).any(|w| w == ["--skip", "::registry::"]));
         // Step 06 is the newest: one run.
         assert_eq!(harness_plan(&[], "06-cgroups").len(), 1);
         // Filters: just those.
