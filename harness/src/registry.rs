@@ -386,6 +386,37 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// A check's registry, with the test images it needs pushed.
+pub struct Fixture {
+    pub registry: Registry,
+    pub images: &'static crate::images::TestImages,
+}
+
+impl Fixture {
+    pub fn new(ctx: &crate::Ctx, names: &[&str]) -> Result<Fixture> {
+        Fixture::with(ctx, names, Options::default())
+    }
+
+    pub fn with(ctx: &crate::Ctx, names: &[&str], options: Options) -> Result<Fixture> {
+        let images = crate::images::TestImages::get(&ctx.workshop.rootfs)?;
+        let registry = Registry::start_with(options)?;
+        for name in names {
+            images.push(&registry, name)?;
+        }
+        Ok(Fixture { registry, images })
+    }
+
+    /// `127.0.0.1:PORT/workshop/NAME:latest`.
+    pub fn tag(&self, name: &str) -> String {
+        format!("{}:latest", self.registry.repo(&crate::images::TestImages::repo(name)))
+    }
+
+    /// `127.0.0.1:PORT/workshop/NAME@DIGEST`.
+    pub fn by_digest(&self, name: &str, digest: &str) -> String {
+        format!("{}@{digest}", self.registry.repo(&crate::images::TestImages::repo(name)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

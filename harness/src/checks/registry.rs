@@ -9,8 +9,8 @@
 use super::overlay::{write_tar, Entry};
 use super::store::{self, Contents};
 use super::TempPath;
-use crate::images::{self, Layout, Platform, TestImages};
-use crate::registry::{Auth, Options, Push, Registry, MIRROR_VAR};
+use crate::images::{self, Layout, Platform};
+use crate::registry::{Auth, Fixture, Options, Push, MIRROR_VAR};
 use crate::{Check, Ctx, Outcome, Probe, Run, Skipped};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::json;
@@ -55,37 +55,6 @@ pub fn checks() -> Vec<Check> {
         Check::new(STEP, "registry::online::pulls_alpine_from_docker_hub", pulls_alpine_from_docker_hub)
             .plain_only(),
     ]
-}
-
-/// A check's registry, with the test images it needs pushed.
-struct Fixture {
-    registry: Registry,
-    images: &'static TestImages,
-}
-
-impl Fixture {
-    fn new(ctx: &Ctx, names: &[&str]) -> Result<Fixture> {
-        Fixture::with(ctx, names, Options::default())
-    }
-
-    fn with(ctx: &Ctx, names: &[&str], options: Options) -> Result<Fixture> {
-        let images = TestImages::get(&ctx.workshop.rootfs)?;
-        let registry = Registry::start_with(options)?;
-        for name in names {
-            images.push(&registry, name)?;
-        }
-        Ok(Fixture { registry, images })
-    }
-
-    /// `127.0.0.1:PORT/workshop/NAME:latest`.
-    fn tag(&self, name: &str) -> String {
-        format!("{}:latest", self.registry.repo(&TestImages::repo(name)))
-    }
-
-    /// `127.0.0.1:PORT/workshop/NAME@DIGEST`.
-    fn by_digest(&self, name: &str, digest: &str) -> String {
-        format!("{}@{digest}", self.registry.repo(&TestImages::repo(name)))
-    }
 }
 
 /// `BIN pull REF`.
