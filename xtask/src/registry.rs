@@ -45,6 +45,7 @@ pub fn run(port: u16) -> Result<()> {
         registry.url()
     );
     println!("Its API: curl {}/v2/_catalog", registry.url());
+    println!("Its files (blobs under docker/registry/v2/blobs): {}", display_path(&registry.storage()));
     println!("\nCtrl-C stops it and removes its storage (the images you pulled stay: `image rm`).");
 
     let signal = wait_for(&signals);
