@@ -181,7 +181,13 @@ pub fn find(reference: &Reference) -> Result<Option<Image>> {
 fn read_image(id: &str) -> Result<Image> {
     let path = dir("images").join(format!("{}.json", hex(id)?));
     let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
+    let image: Image =
+        serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))?;
+    // A record that names another image (edited by hand, say) is damaged too.
+    if image.id != id {
+        bail!("{} is damaged: it names image {:?}", path.display(), image.id);
+    }
+    Ok(image)
 }
 
 /// The image's layer directories, bottom first (for `overlay::mount_root`).
