@@ -9,6 +9,7 @@
 mod artifacts;
 mod bench;
 mod book;
+mod classroom;
 mod demo;
 mod doctor;
 mod exercises;

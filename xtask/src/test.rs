@@ -157,10 +157,13 @@ fn tier_lint(_args: &[String]) -> Outcome {
     // Run both, so one round shows every problem.
     let fmt = run_cmd(cargo().args(["fmt", "--all", "--check"]));
     let clippy = run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]));
-    match (fmt, clippy) {
-        (Ok(()), Ok(())) => Outcome::Passed,
-        (Err(err), Ok(())) | (Ok(()), Err(err)) => Outcome::Failed(format!("{err:#}")),
-        (Err(fmt), Err(clippy)) => Outcome::Failed(format!("{fmt:#}; {clippy:#}")),
+    // And the classroom workflow that the handout ships (actionlint, runners).
+    let workflow = crate::classroom::lint();
+    let failures: Vec<String> =
+        [fmt, clippy, workflow].into_iter().filter_map(Result::err).map(|e| format!("{e:#}")).collect();
+    match failures.is_empty() {
+        true => Outcome::Passed,
+        false => Outcome::Failed(failures.join("; ")),
     }
 }
 
