@@ -134,6 +134,10 @@ fn run_worker(dir: &Path, quick: bool, groups: &[&str]) -> Result<Value> {
             build.arg("-p").arg(format!("step-{}", step.name));
         }
         run_cmd(&mut build)?;
+        // And the newest step's debug build: what the book tells learners to run.
+        if let Some(newest) = steps.last() {
+            run_cmd(cargo().args(["build", "--bins", "-p"]).arg(format!("step-{}", newest.name)))?;
+        }
     }
     let probe = artifacts::build_probe()?;
     let rootfs = rootfs::prepare(&probe)?;
@@ -292,6 +296,24 @@ pub fn worker(w: Worker) -> Result<()> {
         }
     }
 
+    // The book runs target/debug/NN-name: its start time beside the release build's.
+    if let Some(newest) =
+        configs.iter().rev().find(|c| c.group == "steps" && c.label.ends_with(" --net none"))
+    {
+        let release = PathBuf::from(&newest.argv[0]);
+        let debug = w
+            .bin_dir
+            .parent()
+            .unwrap_or(&w.bin_dir)
+            .join("debug")
+            .join(release.file_name().unwrap_or_default());
+        if debug.is_file() {
+            let mut argv = newest.argv.clone();
+            argv[0] = debug.to_string_lossy().into_owned();
+            let label = format!("{} (debug build)", newest.label);
+            configs.push(Config { label, group: "steps", argv });
+        }
+    }
     configs.retain(|config| wanted(config.group));
 
     let mut rows = Vec::new();
