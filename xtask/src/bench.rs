@@ -139,6 +139,9 @@ fn run_worker(dir: &Path, quick: bool, groups: &[&str]) -> Result<Value> {
             run_cmd(cargo().args(["build", "--bins", "-p"]).arg(format!("step-{}", newest.name)))?;
         }
     }
+    if groups.contains(&"floor") {
+        build_floor(dir)?;
+    }
     let probe = artifacts::build_probe()?;
     let rootfs = rootfs::prepare(&probe)?;
     // Without runc its row says so; the bundle needs `runc spec`.
@@ -196,6 +199,35 @@ fn vm_row(work: &Path, quick: bool) -> Value {
             not_measured(&label(""), "vm", &format!("{err:#}"))
         }
     }
+}
+
+/// The floor program (xtask/floor/floor.c), built with the C compiler into
+/// `dir`, where the worker finds it. Without a compiler its rows say so.
+fn build_floor(dir: &Path) -> Result<()> {
+    let out = dir.join(FLOOR_PROGRAM);
+    let _ = std::fs::remove_file(&out);
+    let Some(cc) = which("cc").or_else(|| which("gcc")) else { return Ok(()) };
+    let source = crate::workspace_root().join("xtask/floor/floor.c");
+    run_cmd(Command::new(cc).args(["-O2", "-Wall", "-o"]).arg(&out).arg(source))
+}
+
+/// The floor program's name in the bench's directory.
+const FLOOR_PROGRAM: &str = "floor";
+
+/// The floor's levels of kernel work: the argument, and the row's label.
+const FLOOR_LEVELS: [(&str, &str); 3] = [
+    ("1", "floor: namespaces (uts,pid,mnt,net,ipc)"),
+    ("2", "floor: + overlay root, pivot_root, /proc"),
+    ("3", "floor: + cgroup"),
+];
+
+/// The row whose median the tables divide by: the floor with all of the
+/// kernel work of a step without network (or `unshare`, without a C compiler).
+fn floor_median(results: &Value) -> Option<f64> {
+    let median = |r: &Value| r["median_ms"].as_f64();
+    row(results, FLOOR_LEVELS[2].1)
+        .and_then(median)
+        .or_else(|| row(results, "unshare floor (").and_then(median))
 }
 
 /// An OCI bundle for runc: the workshop rootfs, running /bin/true, with
@@ -256,6 +288,13 @@ pub fn worker(w: Worker) -> Result<()> {
             argv: words("unshare --uts --pid --mount --net --user --map-root-user --fork /bin/true"),
         },
     ];
+    let floor = w.out.parent().unwrap_or(Path::new(".")).join(FLOOR_PROGRAM);
+    for (level, label) in FLOOR_LEVELS {
+        if floor.is_file() {
+            let argv = vec![floor.to_string_lossy().into_owned(), level.into(), rootfs.clone()];
+            configs.push(Config { label: label.into(), group: "floor", argv });
+        }
+    }
     let newest = artifacts::steps()?.len() as u32;
     for step in 1..=newest {
         if !wanted("steps") {
@@ -568,7 +607,7 @@ fn cell(text: &str) -> String {
 
 /// The header of both tables. runc's default container is more work than ours
 /// (see `UNEQUAL_WORK`): the column says so.
-const TABLE_HEADER: &str = "| start to exit of /bin/true | median | p10 to p90 | x runc (runc does more) | x unshare |\n|---|---:|---:|---:|---:|\n";
+const TABLE_HEADER: &str = "| start to exit of /bin/true | median | p10 to p90 | x runc (runc does more) | x floor |\n|---|---:|---:|---:|---:|\n";
 
 /// Why "x runc" compares unequal work, under the whole table.
 const UNEQUAL_WORK: &str = "runc does more work than the workshop's runtime: its default spec sets \
@@ -609,14 +648,14 @@ fn table_row(r: &Value, runc: Option<f64>, floor: Option<f64>) -> String {
 fn intro_markdown(results: &Value) -> String {
     let median = |r: &Value| r["median_ms"].as_f64();
     let runc = row(results, "runc").and_then(median);
-    let floor = row(results, "unshare floor (").and_then(median);
+    let floor = floor_median(results);
     let rows: Vec<&Value> = results["rows"].as_array().map(|r| r.iter().collect()).unwrap_or_default();
     let newest_step = rows
         .iter()
         .rev()
         .find(|r| r["group"] == "steps" && r["label"].as_str().is_some_and(|l| l.ends_with("--net none")));
     let wanted = [
-        row(results, "unshare floor ("),
+        row(results, FLOOR_LEVELS[2].1).or_else(|| row(results, "unshare floor (")),
         newest_step.copied(),
         row(results, "runc"),
         rows.iter().find(|r| r["group"] == "vm").copied(),
@@ -632,7 +671,7 @@ fn intro_markdown(results: &Value) -> String {
 fn markdown(results: &Value) -> String {
     let median = |r: &Value| r["median_ms"].as_f64();
     let runc = row(results, "runc").and_then(median);
-    let floor = row(results, "unshare floor (").and_then(median);
+    let floor = floor_median(results);
     let rows: Vec<&Value> = results["rows"].as_array().map(|r| r.iter().collect()).unwrap_or_default();
     let mut out = String::from(TABLE_HEADER);
     for r in rows.iter().filter(|r| r["group"] != "pull") {
