@@ -18,12 +18,27 @@ pub struct Group {
 pub fn create(id: &str, limits: &Limits) -> Result<Group> {
     let parent = Path::new(ROOT).join(PARENT);
     enable_controllers(Path::new(ROOT))?;
-    if !parent.exists() {
-        std::fs::create_dir(&parent).with_context(|| format!("mkdir {}", parent.display()))?;
-    }
-    enable_controllers(&parent)?;
     let dir = parent.join(id);
-    std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+    // Runtimes start at once: another may make the parent between our check
+    // and our mkdir, or remove it (its container was the last) just before we
+    // make our group in it. So EEXIST is fine, and ENOENT means "again".
+    for attempt in 1.. {
+        match std::fs::create_dir(&parent) {
+            Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(err).with_context(|| format!("mkdir {}", parent.display()));
+            }
+            _ => {}
+        }
+        let made = enable_controllers(&parent)
+            .and_then(|()| std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display())));
+        match made {
+            Err(_) if attempt < 10 && !parent.exists() => continue,
+            made => {
+                made?;
+                break;
+            }
+        }
+    }
     let group = Group { dir: dir.clone() };
 
     if let Some(bytes) = limits.memory_bytes {
